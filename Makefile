@@ -1,0 +1,31 @@
+# Each target does its own set-up on a fresh machine: it creates .venv and
+# installs the package with what that target needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed-%: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$*]"
+	touch $@
+
+demo: $(VENV)/.installed-bench
+	$(PY) examples/demo.py
+
+test: $(VENV)/.installed-test
+	$(PY) -m ruff check tfaccel tests benchmarks examples
+	$(PY) -m pytest tests
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/run_all.py
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check tfaccel tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info saved_models/*.tflite saved_models/*.keras
