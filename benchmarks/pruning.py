@@ -1,0 +1,260 @@
+"""tfaccel pruning benchmark: the digits CNN and MobileNetV2, Keras 3.
+
+The same recipe as the tfmot peer (`peer_tfmot.py`): dense training, then
+`tfaccel.pruning.prune` to 80% with `tfaccel.schedules.PolynomialDecay`
+during a 10-epoch fine-tune (no callback), `strip_pruning`, float32 TFLite
+files and their gzip sizes; train-step time pruned/unpruned measured
+interleaved; MobileNetV2 pruned to 80% (+ int8) file sizes.
+
+Usage:
+
+    .venv/bin/python benchmarks/pruning.py --out benchmarks/results/pruning.json
+
+Prints one JSON object to stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+SECTIONS = ("digits", "overhead", "mobilenet")
+
+
+def _copy(model):
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _kernels(model):
+    return [np.asarray(w) for w in model.weights
+            if w.name in ("kernel", "depthwise_kernel") or w.path.endswith("kernel")]
+
+
+def _export_float(model, path: str) -> dict:
+    from tfaccel.export import export_tflite
+
+    t0 = time.perf_counter()
+    report = export_tflite(model, path)
+    out = common.file_sizes(path)
+    out["export_s"] = round(time.perf_counter() - t0, 2)
+    out["converter_s"] = getattr(report, "conversion_seconds", None)
+    return out
+
+
+def _tfaccel_sparsity(model) -> dict:
+    from tfaccel.pruning import sparsity
+
+    per_weight = sparsity(model)
+    return {k: round(float(v), 5) for k, v in per_weight.items()}
+
+
+def digits_seed(data, seed: int, workdir: str, log):
+    import keras
+
+    from tfaccel.pruning import prune, strip_pruning
+    from tfaccel.schedules import PolynomialDecay
+
+    x_train, y_train, x_test, y_test = data
+    keras.utils.set_random_seed(seed)
+    res: dict = {"seed": seed}
+    dense = common.compile_classifier(common.make_cnn(keras), keras)
+    t0 = time.perf_counter()
+    dense.fit(x_train, y_train, epochs=common.DENSE_EPOCHS, batch_size=common.BATCH,
+              verbose=0)
+    res["dense_train_s"] = round(time.perf_counter() - t0, 2)
+    res["dense_acc"] = common.accuracy(dense, x_test, y_test)
+    log(f"seed {seed}: dense accuracy {res['dense_acc']:.4f}")
+
+    schedule = PolynomialDecay(**common.prune_schedule_args(len(x_train)))
+    pruned = prune(_copy(dense), schedule=schedule)
+    common.compile_classifier(pruned, keras)
+    t0 = time.perf_counter()
+    pruned.fit(x_train, y_train, epochs=common.PRUNE_EPOCHS, batch_size=common.BATCH,
+               verbose=0)
+    res["prune_train_s"] = round(time.perf_counter() - t0, 2)
+    res["wrapped_acc"] = common.accuracy(pruned, x_test, y_test)
+    stripped = strip_pruning(pruned)
+    res["pruned_acc"] = common.accuracy(stripped, x_test, y_test)
+    res["pruned_sparsity"] = common.weight_sparsity(_kernels(stripped))
+    res["tfaccel_sparsity"] = _tfaccel_sparsity(stripped)
+    res["pruned_minus_dense_points"] = round(100 * (res["pruned_acc"] - res["dense_acc"]), 3)
+    log(f"seed {seed}: pruned accuracy {res['pruned_acc']:.4f} "
+        f"sparsity {res['pruned_sparsity']:.4f}")
+
+    dense_path = os.path.join(workdir, f"dense_{seed}.tflite")
+    pruned_path = os.path.join(workdir, f"pruned_{seed}.tflite")
+    res["dense_float32"] = _export_float(dense, dense_path)
+    res["pruned_float32"] = _export_float(stripped, pruned_path)
+    res["dense_float32_tflite_acc"] = common.tflite_accuracy(dense_path, x_test, y_test)
+    res["pruned_float32_tflite_acc"] = common.tflite_accuracy(pruned_path, x_test, y_test)
+    res["pruned_gzip_ratio"] = round(
+        res["pruned_float32"]["gzip_bytes"] / res["dense_float32"]["gzip_bytes"], 4)
+    keras.backend.clear_session()
+    return res, dense
+
+
+def overhead(data, dense, repeats: int, steps: int, log) -> dict:
+    import keras
+
+    from tfaccel.pruning import prune
+    from tfaccel.schedules import PolynomialDecay
+
+    x_train, y_train, _, _ = data
+    base = common.compile_classifier(_copy(dense), keras)
+    schedule = PolynomialDecay(**common.prune_schedule_args(len(x_train)))
+    pruned = common.compile_classifier(prune(_copy(dense), schedule=schedule), keras)
+    cb = keras.callbacks.Callback
+    runners = [
+        ("float", common.fit_round(base, x_train, y_train, cb, steps)),
+        ("pruned", common.fit_round(pruned, x_train, y_train, cb, steps)),
+    ]
+    log(f"interleaved step timing: {repeats} rounds x {steps} steps x 2 models")
+    res = common.interleaved_step_times(runners, repeats=repeats, warmup=1)
+    res["steps_per_round"] = steps
+    res["how"] = common.OVERHEAD_HOW
+    return res
+
+
+def mobilenet(log) -> dict:
+    import keras
+
+    from tfaccel.pruning import prune, strip_pruning
+    from tfaccel.schedules import ConstantSparsity
+
+    shape = common.MOBILENET_INPUT
+    res: dict = {"input_shape": list(shape), "alpha": 1.0, "classes": 1000,
+                 "weights": None}
+    rng = np.random.default_rng(0)
+    representative = rng.uniform(-1, 1, size=(16, *shape)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=shape, weights=None)
+    res["params"] = int(model.count_params())
+    model(representative, training=True)
+    with tempfile.TemporaryDirectory() as d:
+        float_path = os.path.join(d, "float.tflite")
+        res["float32"] = _export_float(model, float_path)
+        log(f"MobileNetV2 float32 {res['float32']}")
+
+        pruned = prune(_copy(model), schedule=ConstantSparsity(
+            common.TARGET_SPARSITY, begin_step=0, frequency=1))
+        pruned.compile(optimizer=keras.optimizers.SGD(0.0),
+                       loss=keras.losses.SparseCategoricalCrossentropy())
+        # One zero-learning-rate step: the masks are computed in the train
+        # step, the weights do not move.
+        pruned.fit(representative[:2], np.zeros(2, "int32"), epochs=1, batch_size=2,
+                   verbose=0)
+        stripped = strip_pruning(pruned)
+        res["pruned_sparsity"] = common.weight_sparsity(_kernels(stripped))
+        pf_path = os.path.join(d, "pruned_float.tflite")
+        res["pruned_float32"] = _export_float(stripped, pf_path)
+        log(f"MobileNetV2 pruned float32 {res['pruned_float32']} "
+            f"sparsity {res['pruned_sparsity']:.4f}")
+
+        # Pruned + int8, two ways: tfaccel QAT export (quantize, no fine-tune)
+        # and the converter's PTQ of the stripped model (what tfmot users do).
+        pi_path = common.write_bytes(
+            os.path.join(d, "pruned_ptq_int8.tflite"),
+            common.convert_keras(stripped, "ptq", representative=representative))
+        res["pruned_ptq_int8"] = common.file_sizes(pi_path)
+        try:
+            from tfaccel.export import export_tflite
+            from tfaccel.quantization import quantize
+
+            q = quantize(stripped, calibration_data=representative)
+            q_path = os.path.join(d, "pruned_qat_int8.tflite")
+            export_tflite(q, q_path, quantization="int8")
+            res["pruned_qat_int8"] = common.file_sizes(q_path)
+        except Exception as e:  # noqa: BLE001 - report, keep the other figures
+            res["pruned_qat_int8_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            log(f"pruned QAT int8 export failed: {e}")
+        best = min(v["gzip_bytes"] for k, v in res.items()
+                   if k in ("pruned_ptq_int8", "pruned_qat_int8"))
+        res["pruned_int8_gzip_vs_dense_float32_gzip"] = round(
+            best / res["float32"]["gzip_bytes"], 4)
+        for k in ("pruned_ptq_int8", "pruned_qat_int8"):
+            if k in res:
+                res[f"{k}_gzip_vs_dense_float32_gzip"] = round(
+                    res[k]["gzip_bytes"] / res["float32"]["gzip_bytes"], 4)
+        log(f"MobileNetV2 pruned int8 gzip ratio "
+            f"{res['pruned_int8_gzip_vs_dense_float32_gzip']}")
+    return res
+
+
+def _guard(name, fn, result, log):
+    try:
+        result[name] = fn()
+    except Exception as e:  # noqa: BLE001 - one failed section must not hide the rest
+        log(f"section {name} failed: {type(e).__name__}: {e}")
+        result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}",
+                        "traceback": traceback.format_exc()[-2000:]}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--seeds", default=",".join(map(str, common.SEEDS)))
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--sections must be among {SECTIONS}. Received: {sorted(unknown)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    log = common.Clock("pruning")
+    result: dict = {"benchmark": "pruning", "command": common.command_line(),
+                    "env": common.env_info(), "recipe": common.recipe()}
+    data = common.load_digits_split()
+    dense_holder: list = []
+
+    def digits():
+        rows = []
+        with tempfile.TemporaryDirectory() as workdir:
+            for seed in (seeds if "digits" in sections else seeds[:1]):
+                row, dense = digits_seed(data, seed, workdir, log)
+                rows.append(row)
+                dense_holder.append(dense)
+        return {"seeds": rows, "mean": {k: round(statistics.mean(r[k] for r in rows), 5)
+                                        for k in ("dense_acc", "pruned_acc",
+                                                  "pruned_minus_dense_points",
+                                                  "pruned_sparsity",
+                                                  "pruned_gzip_ratio")}}
+
+    if "digits" in sections or "overhead" in sections:
+        _guard("digits", digits, result, log)
+        if "digits" not in sections:
+            result.pop("digits", None)
+    if "overhead" in sections:
+        if dense_holder:
+            _guard("overhead", lambda: overhead(data, dense_holder[0], args.repeats,
+                                                args.steps, log), result, log)
+        else:
+            result["overhead"] = {"error": "no trained dense model (digits failed)"}
+    if "mobilenet" in sections:
+        _guard("mobilenet", lambda: mobilenet(log), result, log)
+    result["elapsed_s"] = log.elapsed()
+    common.emit(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

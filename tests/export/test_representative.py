@@ -1,0 +1,71 @@
+"""The forms of representative / verification data export_tflite accepts."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfaccel.export.representative import normalize_data
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(0).random((10, 8, 8, 1)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "array",
+        "dataset_xy",
+        "dataset_x",
+        "generator",
+        "callable_lists",
+        "samples",
+        "float64",
+    ],
+)
+def test_forms_give_the_same_samples(cnn, x, form):
+    y = np.arange(10)
+    data = {
+        "array": x,
+        "dataset_xy": tf.data.Dataset.from_tensor_slices((x, y)).batch(3),
+        "dataset_x": tf.data.Dataset.from_tensor_slices(x).batch(4),
+        "generator": (x[i : i + 2] for i in range(0, 10, 2)),
+        "callable_lists": lambda: ([x[i : i + 1]] for i in range(10)),
+        "samples": list(x),  # single samples without batch axis
+        "float64": x.astype("float64"),
+    }[form]
+    (out,) = normalize_data(data, cnn, "representative_data")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, x, rtol=1e-6)
+
+
+def test_max_samples_stops_early(cnn, x):
+    def endless():
+        while True:
+            yield x
+
+    (out,) = normalize_data(endless(), cnn, "verification_data", max_samples=25)
+    assert out.shape == (25, 8, 8, 1)
+
+
+def test_multi_input_dict_and_tuple():
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    model = keras.Model([a, b], keras.layers.Concatenate()([a, b]))
+    xa, xb = np.ones((4, 3)), np.zeros((4, 2))
+    for data in ({"a": xa, "b": xb}, [xa, xb], [((xa, xb), np.zeros(4))]):
+        out = normalize_data(data, model, "representative_data")
+        assert [o.shape for o in out] == [(4, 3), (4, 2)]
+    with pytest.raises(ValueError, match="keys do not name the model inputs"):
+        normalize_data([{"a": xa, "c": xb}], model, "representative_data")
+    with pytest.raises(ValueError, match="different batch sizes"):
+        normalize_data([(xa, xb[:2])], model, "representative_data")
+
+
+def test_not_iterable_is_a_type_error(cnn):
+    with pytest.raises(
+        TypeError, match="`representative_data` must be a NumPy array.*Received: object"
+    ):
+        normalize_data(object(), cnn, "representative_data")

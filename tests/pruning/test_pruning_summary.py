@@ -1,0 +1,67 @@
+"""`PruningSummary`: reporting only, logs sparsity, warns on long schedules."""
+
+import os
+
+import keras
+import pytest
+import tensorflow as tf
+
+from tests.tiny_models import make_mlp
+from tfaccel._warnings import TfaccelWarning
+from tfaccel.callbacks import PruningSummary
+from tfaccel.pruning import prune
+from tfaccel.schedules import PolynomialDecay
+
+
+def _model(end_step):
+    model = prune(make_mlp(), PolynomialDecay(0.0, 0.8, 0, end_step, frequency=5))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_logs_sparsity_and_writes_tensorboard(digits, tmp_path):
+    x, y, _, _ = digits
+    model = _model(end_step=30)
+    log_dir = str(tmp_path / "logs")
+    with _no_tfaccel_warning():
+        history = model.fit(
+            x, y, batch_size=64, epochs=2, verbose=0, callbacks=[PruningSummary(log_dir)]
+        )
+    first, last = history.history["sparsity/dense/kernel"]
+    assert 0.0 < first < 0.8 and last == pytest.approx(0.8, abs=1 / 2048)
+    assert history.history["sparsity/dense_1/kernel"][-1] == pytest.approx(0.8, abs=1 / 320)
+    (events,) = [
+        os.path.join(root, f)
+        for root, _, files in os.walk(log_dir)
+        for f in files
+        if f.startswith("events.out.tfevents")
+    ]
+    written = {}
+    for event in tf.compat.v1.train.summary_iterator(events):
+        for value in event.summary.value:
+            assert value.metadata.plugin_data.plugin_name == "scalars"
+            written[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    assert written[("sparsity/dense/kernel", 0)] == pytest.approx(first)
+    assert written[("sparsity/dense/kernel", 1)] == pytest.approx(last)
+
+
+def test_warns_when_schedule_outlasts_training(digits):
+    x, y, _, _ = digits
+    model = _model(end_step=100)
+    with pytest.warns(TfaccelWarning, match=r"ends at step 100 but training stops at step 43 \(starting at step 0, 2 epochs x 22 steps\).*0.8 will not be reached"):
+        model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[PruningSummary()])
+    # A second fit starts from the current step (44): 44 + 3 * 22 - 1 = 109 >= 100.
+    with _no_tfaccel_warning():
+        model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[PruningSummary()])
+
+
+class _no_tfaccel_warning:
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("error", TfaccelWarning)
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)

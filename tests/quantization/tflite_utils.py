@@ -1,0 +1,68 @@
+"""Convert with the TFLite converter and read the file back (test helper).
+
+Until `tfaccel.export` lands the tests convert directly: `Optimize.DEFAULT`
+and no representative data set, so every int8 scale comes from the QAT
+model's fake-quant ops.
+"""
+
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def to_int8_tflite(model, int8_io=True):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def interpreter(content):
+    it = Interpreter(
+        model_content=content,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    it.allocate_tensors()
+    return it
+
+
+def ops_with_tensors(it):
+    """[(op_name, [input tensor details], [output tensor details])]."""
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    out = []
+    for op in it._get_ops_details():
+        ins = [details[i] for i in op["inputs"] if i >= 0]
+        outs = [details[i] for i in op["outputs"] if i >= 0]
+        out.append((op["op_name"], ins, outs))
+    return out
+
+
+def float_ops(it):
+    """Ops (other than QUANTIZE/DEQUANTIZE) touching a float32 tensor."""
+    bad = []
+    for name, ins, outs in ops_with_tensors(it):
+        if name in BOUNDARY_OPS:
+            continue
+        if any(t["dtype"] == np.float32 for t in ins + outs):
+            bad.append(name)
+    return bad
+
+
+def predict_int8(it, x, batch=1):
+    """Run an int8-in/int8-out model over `x`, returning dequantized outputs."""
+    inp = it.get_input_details()[0]
+    out = it.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    it.resize_tensor_input(inp["index"], (len(x),) + tuple(x.shape[1:]))
+    it.allocate_tensors()
+    q = np.clip(np.round(x / in_scale + in_zero), -128, 127).astype(np.int8)
+    it.set_tensor(inp["index"], q)
+    it.invoke()
+    y = it.get_tensor(out["index"]).astype(np.float32)
+    return (y - out_zero) * out_scale

@@ -1,0 +1,5 @@
+"""The warning category tfaccel emits."""
+
+
+class TfaccelWarning(UserWarning):
+    """A tfaccel usage warning."""

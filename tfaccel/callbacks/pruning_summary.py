@@ -1,0 +1,108 @@
+"""`PruningSummary`: report per-weight sparsity during training."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from tfaccel._warnings import TfaccelWarning
+
+__all__ = ["PruningSummary"]
+
+
+def _wrappers(model):
+    from tfaccel.pruning.wrapper import PruneLowMagnitude
+
+    def walk(layers):
+        for layer in layers:
+            if isinstance(layer, PruneLowMagnitude):
+                yield layer
+            elif isinstance(layer, keras.Model):
+                yield from walk(layer.layers)
+
+    return list(walk(model.layers))
+
+
+class PruningSummary(keras.callbacks.Callback):
+    """Log the sparsity of every pruned weight; warn about too-long schedules.
+
+    Reporting only: pruning is exact without this callback. At the end of
+    each epoch it adds `sparsity/<layer>/<weight>` entries to `logs` (so they
+    appear in `History`) and, with `log_dir`, writes them as TensorBoard
+    scalars. At the start of training it warns (`TfaccelWarning`) when a
+    schedule's `end_step` lies beyond the last step `fit` will run, since the
+    final sparsity would then never be reached.
+
+    Example:
+
+    >>> mlp = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(10)])
+    >>> import tfaccel.pruning as tp
+    >>> model = tp.prune(mlp)
+    >>> model.compile("adam", "mse")
+    >>> callbacks = [PruningSummary()]  # model.fit(..., callbacks=callbacks)
+
+    Args:
+        log_dir: optional directory for TensorBoard summaries.
+    """
+
+    def __init__(self, log_dir: str | None = None):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        wrappers = _wrappers(self.model)
+        epochs = self.params.get("epochs") if self.params else None
+        steps = self.params.get("steps") if self.params else None
+        if not wrappers or not epochs or not steps:
+            return
+        for wrapper in wrappers:
+            schedule = wrapper.schedule
+            start = int(wrapper.pruning_step.numpy())
+            # Training calls see steps start .. start + epochs * steps - 1.
+            last = start + epochs * steps - 1
+            if schedule.end_step >= 0 and schedule.end_step > last:
+                warnings.warn(
+                    f"The pruning schedule of layer '{wrapper.name}' ends at "
+                    f"step {schedule.end_step} but training stops at step "
+                    f"{last} (starting at step {start}, {epochs} epochs x "
+                    f"{steps} steps): target sparsity "
+                    f"{schedule.final_sparsity:g} will not be reached. Use "
+                    f"end_step <= {last} or train longer.",
+                    TfaccelWarning,
+                    stacklevel=2,
+                )
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {}
+        for wrapper in _wrappers(self.model):
+            for key, value in wrapper.get_sparsity().items():
+                values[f"sparsity/{key}"] = value
+        if logs is not None:
+            logs.update(values)
+        if self.log_dir and values:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+            # `tf.summary.write` with the scalars plugin's metadata is what
+            # `tf.summary.scalar` writes, without requiring TensorBoard.
+            metadata = tf.compat.v1.SummaryMetadata(
+                plugin_data=tf.compat.v1.SummaryMetadata.PluginData(
+                    plugin_name="scalars"
+                )
+            )
+            with self._writer.as_default():
+                for key, value in values.items():
+                    tf.summary.write(
+                        key,
+                        tf.constant(value, tf.float32),
+                        step=epoch,
+                        metadata=metadata,
+                    )
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,18 @@
+"""Export Keras models to TFLite files that verify themselves.
+
+`export_tflite` converts (float32, float16, dynamic range or int8), runs the
+file against the Keras model, writes it atomically and returns an
+`ExportReport`; `inspect_tflite` reports on any existing `.tflite` file.
+"""
+
+from tfaccel.export.inspect import inspect_tflite
+from tfaccel.export.report import ExportReport
+from tfaccel.export.tflite import VerificationError, export_tflite, run_tflite
+
+__all__ = [
+    "ExportReport",
+    "VerificationError",
+    "export_tflite",
+    "inspect_tflite",
+    "run_tflite",
+]

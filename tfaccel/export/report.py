@@ -1,0 +1,138 @@
+"""`ExportReport`: what a TFLite file holds and how well it matches Keras."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """Facts about a TFLite file, and its parity with the Keras model.
+
+    `export_tflite` returns one for the file it wrote (structure, parity
+    figures, conversion time); `inspect_tflite` returns one for any `.tflite`
+    file (structure only: the parity fields stay `None`).
+
+    Example:
+
+    >>> report = ExportReport(path="m.tflite", quantization="int8",
+    ...                       bytes=16000, gzip_bytes=13000,
+    ...                       ops={"CONV_2D": {"int8": 2}})
+    >>> report.to_dict()["ops"]
+    {'CONV_2D': {'int8': 2}}
+
+    Attributes:
+        path: where the file lies (`None` for in-memory bytes).
+        quantization: `"float32"`, `"float16"`, `"dynamic"` or `"int8"`; for
+            `inspect_tflite`, inferred from the file (`"mixed"` when unclear).
+        bytes: file size.
+        gzip_bytes: size after gzip (level 9): shows what sparsity saves.
+        sparsity: fraction of zero weights over the constant weight tensors
+            of conv / fully-connected / depthwise / embedding / matmul ops
+            (a quantized weight is zero when it equals its zero point);
+            `None` when the file has no such tensor.
+        tensor_sparsity: the same fraction per weight tensor name.
+        ops: op counts by type and by dtype, e.g. `{"CONV_2D": {"int8": 2}}`.
+            The dtype is the op's activation dtype; `"float32/int8"` marks a
+            hybrid op (float activations, int8 weights: dynamic range).
+        int8_coverage: fraction of compute ops (conv, depthwise, fully
+            connected, transpose conv, batch matmul) running on int8/uint8
+            activations; `None` without compute ops.
+        inputs: `{"name", "shape", "dtype"}` per model input of the file.
+        outputs: the same per output.
+        agreement: top-1 agreement of the file with the Keras model over
+            classification-like outputs (last dimension > 1), the lowest over
+            outputs; `None` when not verified or no such output.
+        max_abs_error: largest absolute difference between the file's
+            (dequantized) outputs and the Keras outputs.
+        mean_abs_error: the mean absolute difference.
+        num_samples: samples the verification ran on (0: not verified).
+        conversion_seconds: time spent in the TFLite converter.
+        notes: what export decided on the way (student exported, pruning
+            wrappers stripped, verification skipped, ...).
+    """
+
+    path: str | None
+    quantization: str
+    bytes: int
+    gzip_bytes: int
+    sparsity: float | None = None
+    tensor_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)
+    ops: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    int8_coverage: float | None = None
+    inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    agreement: float | None = None
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    num_samples: int = 0
+    conversion_seconds: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        """Whether the file was run and compared with the Keras model."""
+        return self.num_samples > 0
+
+    @property
+    def op_counts(self) -> dict[str, int]:
+        """Op counts by type, all dtypes together."""
+        return {op: sum(by_dtype.values()) for op, by_dtype in self.ops.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        rows = [
+            ("path", str(self.path)),
+            ("quantization", self.quantization),
+            ("size", f"{self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"),
+        ]
+        if self.sparsity is not None:
+            rows.append(("weight sparsity", f"{self.sparsity:.2%}"))
+        if self.int8_coverage is not None:
+            rows.append(("int8 coverage", f"{self.int8_coverage:.0%} of compute ops"))
+        if self.verified:
+            if self.agreement is not None:
+                rows.append(("top-1 agreement", f"{self.agreement:.2%}"))
+            rows.append(("max abs error", f"{self.max_abs_error:.3g}"))
+            rows.append(("mean abs error", f"{self.mean_abs_error:.3g}"))
+            rows.append(("verified on", f"{self.num_samples} samples"))
+        else:
+            rows.append(("verified", "no"))
+        if self.conversion_seconds is not None:
+            rows.append(("conversion", f"{self.conversion_seconds:.2f} s"))
+        return rows
+
+    def _op_rows(self) -> list[tuple[str, str, int]]:
+        return [
+            (op, dtype, count)
+            for op, by_dtype in sorted(self.ops.items())
+            for dtype, count in sorted(by_dtype.items())
+        ]
+
+    def to_markdown(self) -> str:
+        """The report as Markdown tables (summary, ops, notes)."""
+        lines = ["| | |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in self._summary_rows()]
+        lines += ["", "| op | dtype | count |", "|---|---|---|"]
+        lines += [f"| {op} | {dtype} | {n} |" for op, dtype, n in self._op_rows()]
+        if self.notes:
+            lines += ["", "Notes:", ""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        width = max(len(key) for key, _ in self._summary_rows())
+        lines = ["ExportReport"]
+        lines += [f"  {key:<{width}}  {value}" for key, value in self._summary_rows()]
+        ops = ", ".join(f"{op}[{dtype}] x{n}" for op, dtype, n in self._op_rows())
+        lines.append(f"  {'ops':<{width}}  {ops}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""Magnitude pruning inside `model.fit`: unstructured and N:M.
+
+Example:
+
+>>> import keras
+>>> import tfaccel.pruning as tp
+>>> from tfaccel.schedules import PolynomialDecay
+>>> mlp = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(10)])
+>>> pruned = tp.prune(mlp, PolynomialDecay(0.0, 0.8, 0, 100, frequency=10))
+>>> plain = tp.strip_pruning(pruned)  # doctest: +SKIP
+"""
+
+from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
+from tfaccel.pruning.masks import nm_mask, unstructured_mask
+from tfaccel.pruning.prune import prune, sparsity, strip_pruning
+from tfaccel.pruning.registry import register_prunable
+from tfaccel.pruning.shrink import shrink, strip_channels
+from tfaccel.pruning.wrapper import PruneLowMagnitude
+
+__all__ = [
+    "PruneChannels",
+    "PruneLowMagnitude",
+    "channel_fractions",
+    "nm_mask",
+    "prune",
+    "prune_channels",
+    "register_prunable",
+    "shrink",
+    "sparsity",
+    "strip_channels",
+    "strip_pruning",
+    "unstructured_mask",
+]

@@ -1,0 +1,304 @@
+"""`prune`, `strip_pruning` and `sparsity`: whole-model pruning verbs."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional
+
+from tfaccel._warnings import TfaccelWarning
+from tfaccel.pruning.masks import parse_structure
+from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
+from tfaccel.pruning.wrapper import PruneLowMagnitude
+from tfaccel.schedules import ConstantSparsity, PruningSchedule
+
+__all__ = ["prune", "strip_pruning", "sparsity"]
+
+LayerSelector = (
+    Sequence[str | type] | Callable[[keras.layers.Layer], bool] | None
+)
+
+
+def _check_model(model, argument="model"):
+    if isinstance(model, (keras.Sequential, Functional)):
+        return
+    if isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{argument}` must be a Sequential or functional Keras model; "
+            "subclassed models cannot be cloned layer by layer. Build it as "
+            "a Sequential/functional model, or wrap its layers with "
+            "`tfaccel.pruning.PruneLowMagnitude` directly. Received: "
+            f"{argument} of type {type(model).__name__}"
+        )
+    raise TypeError(
+        f"`{argument}` must be a keras.Model. Received: {argument}={model!r}"
+    )
+
+
+def _selector(layers) -> Callable[[keras.layers.Layer], bool]:
+    if layers is None:
+        return lambda layer: True
+    if callable(layers) and not isinstance(layers, type):
+        return layers
+    if isinstance(layers, (str, type)):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple, set)):
+        raise TypeError(
+            "`layers` must be None, a list of layer names and/or layer "
+            f"classes, or a predicate `layer -> bool`. Received: layers={layers!r}"
+        )
+    names, classes = set(), []
+    for item in layers:
+        if isinstance(item, str):
+            names.add(item)
+        elif isinstance(item, type) and issubclass(item, keras.layers.Layer):
+            classes.append(item)
+        else:
+            raise TypeError(
+                "`layers` entries must be layer names (str) or "
+                f"keras.layers.Layer subclasses. Received entry: {item!r}"
+            )
+    classes = tuple(classes)
+    return lambda layer: layer.name in names or isinstance(layer, classes)
+
+
+def _copy_layer(layer):
+    new = layer.__class__.from_config(layer.get_config())
+    build_config = layer.get_build_config() if layer.built else None
+    if build_config:
+        # Build before wrapping: multi-input layers (MultiHeadAttention)
+        # cannot be built from the wrapper's single input shape.
+        new.build_from_config(build_config)
+    return new
+
+
+def _copy_weights(pairs):
+    for source, target in pairs:
+        values = [v.numpy() for v in source.weights]
+        if values:
+            target.set_weights(values)
+
+
+def prune(
+    model: keras.Model,
+    schedule: PruningSchedule | None = None,
+    structure: str = "unstructured",
+    layers: LayerSelector = None,
+) -> keras.Model:
+    """Return a copy of `model` whose prunable layers train under masks.
+
+    Each selected prunable layer (see `register_prunable`) is wrapped in a
+    `PruneLowMagnitude` that keeps the layer's name. The new model starts
+    from `model`'s weights; `model` itself is not modified. Train it with an
+    ordinary `fit`: no callback is needed. Nested Sequential and functional
+    models are pruned recursively.
+
+    Example:
+
+    >>> mlp = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(10)])
+    >>> from tfaccel.schedules import PolynomialDecay
+    >>> pruned = prune(mlp, PolynomialDecay(0.0, 0.8, 0, 100, frequency=10))
+    >>> [type(layer).__name__ for layer in pruned.layers]
+    ['PruneLowMagnitude', 'PruneLowMagnitude']
+
+    Args:
+        model: a Sequential or functional Keras model.
+        schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
+            `ConstantSparsity(0.5)`. Shared by all wrapped layers.
+        structure: `"unstructured"`, an `"N:M"` string such as `"2:4"`
+            (N of every M consecutive input-channel weights are kept), or
+            `"channels"` (whole output channels, see
+            `tfaccel.pruning.prune_channels`; `strip_pruning` then rebuilds a
+            smaller model).
+        layers: which layers to prune: None (every prunable layer), a list
+            of layer names and/or layer classes, or a predicate
+            `layer -> bool`.
+
+    Returns:
+        A new Keras model.
+
+    Raises:
+        ValueError: for a subclassed model, an unknown `structure`, N:M that
+            does not divide a weight's input-channel axis, `layers` that
+            match no layer or a model with no prunable layer.
+        TypeError: for arguments of the wrong type.
+    """
+    _check_model(model)
+    if schedule is None:
+        schedule = ConstantSparsity(0.5)
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(
+            "`schedule` must be a tfaccel.schedules.PruningSchedule. "
+            f"Received: schedule={schedule!r}"
+        )
+    if structure == "channels":
+        # Channel pruning shares the wrapped layers with the model it is
+        # given; hand it a copy so `model` stays untouched.
+        from tfaccel.pruning.channels import prune_channels
+
+        copy = keras.models.clone_model(model, recursive=True)
+        copy.set_weights(model.get_weights())
+        return prune_channels(copy, schedule=schedule, layers=layers)
+    parse_structure(structure)
+    selected = _selector(layers)
+    matched, wrapped, pairs = [], [], []
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer '{layer.name}' is already pruned. Call "
+                "`strip_pruning(model)` first to prune it again."
+            )
+        chosen = bool(selected(layer))
+        if chosen:
+            matched.append(layer.name)
+        new = _copy_layer(layer)
+        pairs.append((layer, new))
+        if chosen and is_prunable(layer):
+            wrapped.append(layer.name)
+            return PruneLowMagnitude(new, schedule, structure, name=layer.name)
+        return new
+
+    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    if layers is not None and not matched:
+        raise ValueError(
+            f"`layers` matched no layer of model '{model.name}'. Received: "
+            f"layers={layers!r}; layer names: "
+            f"{[layer.name for layer in model.layers]}"
+        )
+    if not wrapped:
+        raise ValueError(
+            f"No prunable layer selected in model '{model.name}' (selected: "
+            f"{matched}). Prunable layers are Dense, Conv*, EinsumDense, "
+            "Embedding, MultiHeadAttention, ... and layers registered with "
+            "`register_prunable` or defining `get_prunable_weights()`."
+        )
+    _copy_weights(pairs)
+    return new_model
+
+
+def strip_pruning(model: keras.Model) -> keras.Model:
+    """Return a plain copy of `model` with `weight * mask` baked in.
+
+    Every `PruneLowMagnitude` is replaced by its inner layer holding the
+    masked weights; predictions are identical. A model pruned with
+    `structure="channels"` is rebuilt smaller instead (`shrink`): pruned
+    filters and the matching input channels of their consumers are removed. Warns (`TfaccelWarning`) when
+    a wrapper's schedule has not reached its `end_step`.
+
+    Example:
+
+    >>> mlp = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(10)])
+    >>> plain = strip_pruning(prune(mlp))
+    >>> [type(layer).__name__ for layer in plain.layers]
+    ['Dense', 'Dense']
+
+    Args:
+        model: a Sequential or functional model, usually from `prune`.
+
+    Returns:
+        A new Keras model without pruning wrappers.
+    """
+    _check_model(model)
+    from tfaccel.pruning.channels import PruneChannels
+
+    if any(isinstance(layer, PruneChannels) for layer in _walk(model)):
+        from tfaccel.pruning.shrink import shrink
+
+        return shrink(model)
+    pairs, baked = [], []
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if not isinstance(layer, PruneLowMagnitude):
+            new = _copy_layer(layer)
+            pairs.append((layer, new))
+            return new
+        inner = layer.layer
+        new = _copy_layer(inner)
+        baked.append((layer, new))
+        return new
+
+    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    _warn_unfinished([wrapper for wrapper, _ in baked])
+    _copy_weights(pairs)
+    for wrapper, new in baked:
+        masked = {id(v): value for v, value in wrapper.masked_weights()}
+        values = [
+            masked.get(id(v), v.numpy())
+            for v in wrapper.layer.weights
+        ]
+        new.set_weights(values)
+    return new_model
+
+
+def _warn_unfinished(wrappers: list[PruneLowMagnitude]) -> None:
+    lines = []
+    for wrapper in wrappers:
+        schedule = wrapper.schedule
+        step = int(wrapper.pruning_step.numpy())
+        # The last training call saw step `step - 1`.
+        if schedule.end_step >= 0 and step - 1 < schedule.end_step:
+            reached = ", ".join(
+                f"{k}={v:.4f}" for k, v in wrapper.get_sparsity().items()
+            )
+            lines.append(
+                f"layer '{wrapper.name}' at step {step}, end_step="
+                f"{schedule.end_step}, target sparsity "
+                f"{schedule.final_sparsity:g}, reached: {reached}"
+            )
+    if lines:
+        warnings.warn(
+            "Stripped pruning wrappers before their schedule's end_step; "
+            "the target sparsity is not reached (train longer or shorten "
+            "the schedule): " + "; ".join(lines),
+            TfaccelWarning,
+            stacklevel=3,
+        )
+
+
+def _walk(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and not isinstance(layer, PruneLowMagnitude):
+            yield from _walk(layer)
+        else:
+            yield layer
+
+
+def sparsity(model: keras.Model) -> dict[str, float]:
+    """Fraction of exact zeros of every prunable weight, by weight key.
+
+    Works on wrapped models (counts zeros of `weight * mask`) and plain or
+    stripped ones; keys (`"layer_name/weight_name"`) are the same for both.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8,)), keras.layers.Dense(4, name="hidden"),
+    ...     keras.layers.Dense(2, name="logits")])
+    >>> sparsity(model)
+    {'hidden/kernel': 0.0, 'logits/kernel': 0.0}
+
+    Args:
+        model: a Keras model (nested models are walked).
+
+    Returns:
+        A dict mapping weight key to sparsity in [0, 1].
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
+    result = {}
+    for layer in _walk(model):
+        if isinstance(layer, PruneLowMagnitude):
+            result.update(layer.get_sparsity())
+        elif layer.built and is_prunable(layer):
+            for variable, _ in prunable_weights(layer):
+                value = variable.numpy()
+                result[weight_key(layer, variable)] = float(np.mean(value == 0))
+    return result

@@ -1,0 +1,206 @@
+"""`PruneLowMagnitude`: a wrapper that trains a layer under magnitude masks."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfaccel._substitute import substitute
+from tfaccel.pruning.masks import nm_mask, parse_structure, unstructured_mask
+from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
+from tfaccel.schedules import ConstantSparsity, PruningSchedule
+
+__all__ = ["PruneLowMagnitude"]
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Train a layer with its smallest-magnitude weights masked to zero.
+
+    The wrapped layer computes with `weight * mask` in place of each prunable
+    weight; the variable itself is never assigned in the forward pass, and
+    the gradient at masked positions is zero. Each training call evaluates
+    the schedule at the wrapper's own step counter (the k-th training call
+    sees step k, like tfmot with `optimizer.iterations`) and, when the
+    schedule says so, recomputes the masks from `|weight * old_mask|`, so
+    weights pruned earlier stay pruned as sparsity rises.
+
+    Masks and the step are layer variables with `aggregation="none"`: every
+    replica computes them identically from the already-synchronized weights,
+    so no cross-replica traffic is needed and `tf.cond` can skip the sort
+    on steps that do not prune. They are saved with the model and restored
+    by `keras.models.load_model` or `BackupAndRestore`. No callback is needed.
+
+    With `structure="N:M"` (e.g. `"2:4"`) the schedule only decides *when*
+    masks are recomputed; the pattern keeps exactly N of every M consecutive
+    weights along the input-channel axis, whatever the schedule's sparsity.
+
+    Example:
+
+    >>> from tfaccel.schedules import ConstantSparsity
+    >>> layer = PruneLowMagnitude(
+    ...     keras.layers.Dense(4, name="dense"), ConstantSparsity(0.5, frequency=1))
+    >>> y = layer(np.ones((2, 8), "float32"), training=True)
+    >>> layer.get_sparsity()
+    {'dense/kernel': 0.5}
+
+    Args:
+        layer: the layer to prune (a registered prunable layer, or one with
+            a `get_prunable_weights()` method).
+        schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
+            `ConstantSparsity(0.5)`.
+        structure: `"unstructured"` or an `"N:M"` string such as `"2:4"`.
+        **kwargs: base layer arguments (`name`, ...).
+
+    Call arguments:
+        *args, **kwargs: forwarded to the wrapped layer.
+        training: masks are updated and the step advances only when true.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        schedule: PruningSchedule | None = None,
+        structure: str = "unstructured",
+        **kwargs,
+    ):
+        super().__init__(layer, **kwargs)
+        if schedule is None:
+            schedule = ConstantSparsity(0.5)
+        if not isinstance(schedule, PruningSchedule):
+            raise TypeError(
+                "`schedule` must be a tfaccel.schedules.PruningSchedule. "
+                f"Received: schedule={schedule!r}"
+            )
+        self.schedule = schedule
+        self.structure = structure
+        self._nm = parse_structure(structure)
+        if not is_prunable(layer):
+            raise ValueError(
+                f"Layer '{layer.name}' ({layer.__class__.__name__}) has no "
+                "prunable weights: register it with "
+                "`tfaccel.pruning.register_prunable` or give it a "
+                "`get_prunable_weights()` method."
+            )
+        self._pruned = []
+        self.masks = []
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._pruned = prunable_weights(self.layer)
+        if not self._pruned:
+            raise ValueError(
+                f"Layer '{self.layer.name}' returned no prunable weights."
+            )
+        if self._nm is not None:
+            n, m = self._nm
+            for variable, axis in self._pruned:
+                size = variable.shape[axis]
+                if size % m:
+                    raise ValueError(
+                        f"structure='{self.structure}' needs M={m} to divide "
+                        f"the input-channel axis ({axis}) of "
+                        f"'{variable.path}'. Received: shape "
+                        f"{tuple(variable.shape)}"
+                    )
+        # Fixed creation order (masks by weight order, then the step) so that
+        # checkpoints and BackupAndRestore stay compatible.
+        self.masks = [
+            self.add_weight(
+                name=f"{variable.name}_mask",
+                shape=tuple(variable.shape),
+                dtype=variable.dtype,
+                initializer="ones",
+                trainable=False,
+                aggregation="none",
+            )
+            for variable, _ in self._pruned
+        ]
+        self.pruning_step = self.add_weight(
+            name="pruning_step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="none",
+        )
+        self.built = True
+
+    def get_build_config(self):
+        # The inner layer's own build config: multi-input layers such as
+        # MultiHeadAttention cannot be rebuilt from one input shape.
+        if not self.built:
+            return None
+        return {"layer": self.layer.get_build_config()}
+
+    def build_from_config(self, config):
+        inner = (config or {}).get("layer")
+        if inner and not self.layer.built:
+            self.layer.build_from_config(inner)
+        if self.layer.built and not self.built:
+            self.build()
+
+    def _new_masks(self, sparsity):
+        masks = []
+        for (variable, axis), mask in zip(self._pruned, self.masks):
+            if self._nm is None:
+                masks.append(unstructured_mask(variable, sparsity, keep=mask))
+            else:
+                masks.append(nm_mask(variable, *self._nm, axis=axis))
+        return masks
+
+    def update_masks(self):
+        """Advance one training step: recompute masks if the schedule says so."""
+        should_prune, sparsity = self.schedule(self.pruning_step)
+
+        def prune():
+            new = self._new_masks(sparsity)
+            for mask, value in zip(self.masks, new):
+                mask.assign(value)
+            return tf.constant(True)
+
+        tf.cond(should_prune, prune, lambda: tf.constant(False))
+        self.pruning_step.assign_add(1)
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training:
+            self.update_masks()
+        mapping = [
+            (variable, variable * keras.ops.cast(mask, variable.dtype))
+            for (variable, _), mask in zip(self._pruned, self.masks)
+        ]
+        with substitute(mapping, tracked=self.layer.variables):
+            return self.layer(inputs, *args, training=training, **kwargs)
+
+    def masked_weights(self) -> list[tuple[keras.Variable, np.ndarray]]:
+        """`(variable, weight * mask as numpy)` for each pruned weight."""
+        return [
+            (variable, variable.numpy() * mask.numpy())
+            for (variable, _), mask in zip(self._pruned, self.masks)
+        ]
+
+    def get_sparsity(self) -> dict[str, float]:
+        """Fraction of exact zeros in `weight * mask`, by weight path."""
+        return {
+            weight_key(self.layer, variable): float(np.mean(value == 0))
+            for variable, value in self.masked_weights()
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config["schedule"] = keras.saving.serialize_keras_object(self.schedule)
+        config["structure"] = self.structure
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(
+            config["schedule"], custom_objects=custom_objects
+        )
+        layer = keras.saving.deserialize_keras_object(
+            config.pop("layer"), custom_objects=custom_objects
+        )
+        return cls(layer, **config)

@@ -1,0 +1,363 @@
+"""Quantization-aware layers: what the int8 TFLite model computes, in float.
+
+`QuantizeWrapper` models one fused TFLite kernel (Conv/Depthwise/Dense with
+its BatchNormalization folded in and a ReLU/ReLU6 fused), `ActivationQuantizer`
+one int8 tensor with its own scale, `QuantizedActivation` an activation that
+TFLite runs as a separate int8 op (sigmoid, softmax, swish, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfaccel._substitute import substitute
+from tfaccel.quantization.quantizers import (
+    fake_quant_activation,
+    fake_quant_weight,
+    fixed_activation_range,
+)
+
+__all__ = ["ActivationQuantizer", "QuantizeWrapper", "QuantizedActivation"]
+
+_FUSABLE = ("linear", "relu", "relu6")
+_WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise")
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantize a tensor to asymmetric int8 with a learned range.
+
+    The range is an exponential moving average of the batch min/max during
+    training, a running min/max during calibration, and fixed at inference.
+    A range of exactly `[0, 0]` means "not yet seen data": the first training
+    batch sets it directly. The range variables use `aggregation="mean"` so
+    replicas stay identical under `tf.distribute` and `.keras` files and
+    `BackupAndRestore` keep them.
+
+    Example:
+
+    >>> q = ActivationQuantizer()
+    >>> y = q(np.linspace(-1.0, 3.0, 8).reshape(1, 8), training=True)
+    >>> [round(float(v), 3) for v in (q.range_min, q.range_max)]
+    [-1.0, 3.0]
+
+    Args:
+        ema_decay: decay of the moving average of the batch ranges.
+        fixed_range: `(min, max)` for ops whose int8 output range TFLite fixes
+            (sigmoid, softmax, tanh); no variables are created then.
+    """
+
+    def __init__(
+        self,
+        ema_decay: float = 0.99,
+        fixed_range: tuple[float, float] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(
+                f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}"
+            )
+        self.ema_decay = float(ema_decay)
+        self.fixed_range = (
+            None if fixed_range is None else tuple(map(float, fixed_range))
+        )
+        # Set by `calibrate`; a Python flag read when the call is traced.
+        self.calibrating = False
+
+    def build(self, input_shape):
+        if self.fixed_range is None:
+            self.range_min = self.add_weight(
+                name="range_min",
+                shape=(),
+                initializer="zeros",
+                trainable=False,
+                aggregation="mean",
+            )
+            self.range_max = self.add_weight(
+                name="range_max",
+                shape=(),
+                initializer="zeros",
+                trainable=False,
+                aggregation="mean",
+            )
+
+    def call(self, inputs, training=None):
+        if self.fixed_range is not None:
+            return fake_quant_activation(inputs, *self.fixed_range)
+        x = tf.cast(inputs, "float32")
+        old_min = tf.convert_to_tensor(self.range_min)
+        old_max = tf.convert_to_tensor(self.range_max)
+        if training or self.calibrating:
+            batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
+            batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
+            seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
+            if training:
+                d = self.ema_decay
+                new_min = d * old_min + (1.0 - d) * batch_min
+                new_max = d * old_max + (1.0 - d) * batch_max
+            else:
+                new_min = tf.minimum(old_min, batch_min)
+                new_max = tf.maximum(old_max, batch_max)
+            new_min = tf.where(seen, new_min, batch_min)
+            new_max = tf.where(seen, new_max, batch_max)
+            # Unconditional assigns: a tf.cond around assigns of a "mean"
+            # variable fails under two replicas (see STACK.md).
+            self.range_min.assign(new_min)
+            self.range_max.assign(new_max)
+            low, high = new_min, new_max
+        else:
+            low, high = old_min, old_max
+        return tf.cast(fake_quant_activation(x, low, high), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"ema_decay": self.ema_decay, "fixed_range": self.fixed_range})
+        return config
+
+
+def _silu_name(name: str) -> str:
+    return "silu" if name in ("swish", "silu") else name
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class QuantizedActivation(keras.layers.Layer):
+    """An activation run as its own int8 TFLite op, with its output quantized.
+
+    Sigmoid, softmax and tanh get the fixed output range TFLite's int8
+    kernels require; swish is computed as `x * sigmoid(x)` with the sigmoid
+    quantized too (TFLite runs LOGISTIC then MUL); other activations get a
+    learned range.
+
+    Example:
+
+    >>> layer = QuantizedActivation("sigmoid")
+    >>> float(layer(np.array([[0.0]]))[0, 0])
+    0.5
+
+    Args:
+        activation: the activation's name (`keras.activations.get` name).
+        ema_decay: decay of the moving average of learned ranges.
+    """
+
+    def __init__(self, activation: str, ema_decay: float = 0.99, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not isinstance(activation, str):
+            activation = keras.activations.serialize(keras.activations.get(activation))
+        self.activation = _silu_name(activation)
+        self.ema_decay = float(ema_decay)
+        self._fn = keras.activations.get(self.activation)
+        fixed = fixed_activation_range(self.activation)
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay=ema_decay, fixed_range=fixed, name="output_quantizer"
+        )
+        self.sigmoid_quantizer = None
+        if self.activation == "silu":
+            self.sigmoid_quantizer = ActivationQuantizer(
+                fixed_range=fixed_activation_range("sigmoid"), name="sigmoid_quantizer"
+            )
+
+    def build(self, input_shape):
+        self.output_quantizer.build(input_shape)
+        if self.sigmoid_quantizer is not None:
+            self.sigmoid_quantizer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        if self.sigmoid_quantizer is not None:
+            gate = self.sigmoid_quantizer(ops.sigmoid(inputs), training=training)
+            y = inputs * gate
+        else:
+            y = self._fn(inputs)
+        return self.output_quantizer(y, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"activation": self.activation, "ema_decay": self.ema_decay})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """One fused int8 TFLite kernel: Conv/Dense + folded BatchNorm + ReLU.
+
+    The forward pass is the inference graph of the converted model: the
+    BatchNormalization's moving statistics are folded into the kernel and
+    bias (`w * gamma / sqrt(var + eps)`, `beta + (b - mean) * gamma /
+    sqrt(var + eps)`), the folded kernel is fake-quantized to symmetric int8
+    (per channel for convolutions, per tensor for Dense), ReLU/ReLU6 is
+    applied and the output fake-quantized. In training the moving statistics
+    keep updating from the batch statistics of the folded output divided by
+    the fold scale, so no second convolution runs (averaged across replicas
+    under `tf.distribute`, like a synchronized BatchNorm). The wrapped layer computes
+    with the folded kernel through `tfaccel._substitute.substitute`, so
+    gradients reach its variables (and the BatchNorm's gamma and beta).
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(4, 3, use_bias=False)
+    >>> q = QuantizeWrapper(conv, batch_norm=keras.layers.BatchNormalization(),
+    ...                     activation="relu")
+    >>> q(np.ones((1, 5, 5, 2), "float32"), training=True).shape
+    TensorShape([1, 3, 3, 4])
+
+    Args:
+        layer: a `Conv1D`, `Conv2D`, `DepthwiseConv2D` or `Dense` layer without
+            its own activation (channels last).
+        batch_norm: optional `BatchNormalization` (last axis) folded in.
+        activation: `"linear"`, `"relu"` or `"relu6"`, fused as TFLite does.
+        weight_mode: `"per_channel"`, `"depthwise"` or `"per_tensor"`.
+        preserve_sparsity: keep a fixed mask of the kernel's nonzeros so that
+            pruned weights stay exactly zero.
+        ema_decay: decay of the output range's moving average.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        batch_norm: keras.layers.BatchNormalization | None = None,
+        activation: str = "linear",
+        weight_mode: str = "per_channel",
+        preserve_sparsity: bool = False,
+        ema_decay: float = 0.99,
+        **kwargs: Any,
+    ):
+        super().__init__(layer, **kwargs)
+        if activation not in _FUSABLE:
+            raise ValueError(
+                f"`activation` must be one of {_FUSABLE}. Received: activation={activation!r}"
+            )
+        if weight_mode not in _WEIGHT_MODES:
+            raise ValueError(
+                f"`weight_mode` must be one of {_WEIGHT_MODES}. "
+                f"Received: weight_mode={weight_mode!r}"
+            )
+        if isinstance(batch_norm, dict):
+            batch_norm = keras.layers.deserialize(batch_norm)
+        self.batch_norm = batch_norm
+        self.activation = activation
+        self.weight_mode = weight_mode
+        self.preserve_sparsity = bool(preserve_sparsity)
+        self.ema_decay = float(ema_decay)
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay=ema_decay, name="output_quantizer"
+        )
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        if self.batch_norm is not None and not self.batch_norm.built:
+            self.batch_norm.build(output_shape)
+        if self.preserve_sparsity:
+            self.mask = self.add_weight(
+                name="mask",
+                shape=self.layer.kernel.shape,
+                initializer="ones",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+        self.output_quantizer.build(output_shape)
+        self.built = True
+
+    def _fold(self):
+        """Folded float kernel and bias (bias may be None), and the fold scale."""
+        kernel = ops.convert_to_tensor(self.layer.kernel)
+        if self.preserve_sparsity:
+            kernel = kernel * self.mask
+        bias = (
+            None if self.layer.bias is None else ops.convert_to_tensor(self.layer.bias)
+        )
+        bn = self.batch_norm
+        if bn is None:
+            return kernel, bias, None
+        scale = ops.rsqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+        if bn.scale:
+            scale = scale * bn.gamma
+        if self.weight_mode == "depthwise":
+            cin, mult = kernel.shape[-2], kernel.shape[-1]
+            folded = kernel * ops.reshape(scale, (cin, mult))
+        else:
+            folded = kernel * scale
+        b = 0.0 if bias is None else bias
+        folded_bias = (b - bn.moving_mean) * scale
+        if bn.center:
+            folded_bias = folded_bias + bn.beta
+        return folded, folded_bias, scale
+
+    def quantized_kernel(self):
+        """The kernel the int8 model holds (folded, masked, fake-quantized)."""
+        folded, _, _ = self._fold()
+        return fake_quant_weight(folded, self.weight_mode)
+
+    def call(self, inputs, training=None):
+        folded, folded_bias, scale = self._fold()
+        mapping = [(self.layer.kernel, fake_quant_weight(folded, self.weight_mode))]
+        add_bias = False
+        if folded_bias is not None and self.layer.bias is not None:
+            mapping.append((self.layer.bias, folded_bias))
+        elif folded_bias is not None:
+            add_bias = True
+        with substitute(mapping):
+            y = self.layer(inputs)
+        if add_bias:
+            y = y + folded_bias
+        if training and self.batch_norm is not None:
+            self._update_moving_statistics(y, folded_bias, scale)
+        if self.activation == "relu":
+            y = ops.relu(y)
+        elif self.activation == "relu6":
+            y = ops.relu6(y)
+        return self.output_quantizer(y, training=training)
+
+    def _update_moving_statistics(self, y, folded_bias, scale):
+        bn = self.batch_norm
+        # Statistics of the unfolded layer output `conv(x, w) + b`, recovered
+        # from the folded output `conv(x, w * scale)`: divide by the scale.
+        y0 = tf.stop_gradient(tf.cast(y - folded_bias, "float32"))
+        axes = list(range(len(y0.shape) - 1))
+        mean = tf.reduce_mean(y0, axis=axes)
+        mean_sq = tf.reduce_mean(tf.square(y0), axis=axes)
+        # The forward pass reads the moving statistics, so every replica must
+        # hold the same ones: average the batch moments across replicas (the
+        # BatchNorm variables use Keras' default aggregation "none").
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            mean, mean_sq = context.all_reduce("mean", [mean, mean_sq])
+        var = tf.maximum(mean_sq - tf.square(mean), 0.0)
+        safe = tf.stop_gradient(
+            tf.where(tf.abs(scale) > 1e-12, scale, tf.ones_like(scale))
+        )
+        b = 0.0 if self.layer.bias is None else tf.stop_gradient(self.layer.bias)
+        mean = mean / safe + b
+        var = var / tf.square(safe)
+        m = bn.momentum
+        bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
+        bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "batch_norm": None
+                if self.batch_norm is None
+                else keras.layers.serialize(self.batch_norm),
+                "activation": self.activation,
+                "weight_mode": self.weight_mode,
+                "preserve_sparsity": self.preserve_sparsity,
+                "ema_decay": self.ema_decay,
+            }
+        )
+        return config

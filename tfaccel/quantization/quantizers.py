@@ -1,0 +1,100 @@
+"""Fake-quantization functions for the TFLite int8 scheme.
+
+Weights: symmetric int8 with zero point 0 and the narrow range [-127, 127],
+per output channel for convolutions and per tensor for `Dense` (TFLite's
+FULLY_CONNECTED wants per-tensor weights). Activations: asymmetric per-tensor
+int8 whose range always contains zero.
+
+All of them call TF's `FakeQuantWithMinMaxVars*` ops, which the TFLite
+converter reads as quantization parameters: the converted file gets int8
+kernels without a representative data set.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = [
+    "fake_quant_activation",
+    "fake_quant_weight",
+    "fixed_activation_range",
+    "range_with_zero",
+]
+
+# A channel whose weights are all zero still needs a positive scale.
+_MIN_WEIGHT_RANGE = 1e-8
+
+
+def fake_quant_weight(weight, mode: str):
+    """Fake-quantize a kernel as TFLite stores int8 weights.
+
+    Args:
+        weight: the (already folded) kernel.
+        mode: `"per_tensor"` (Dense), `"per_channel"` (Conv1D/Conv2D, the
+            last axis holds the output channels) or `"depthwise"`
+            (DepthwiseConv2D kernel `(kh, kw, in, multiplier)`, whose output
+            channels are `in * multiplier`).
+
+    Returns:
+        A tensor of `weight`'s shape whose values lie on the int8 grid
+        `scale * [-127, 127]` with `scale = max|w| / 127` per channel or per
+        tensor. Zeros stay exactly zero.
+    """
+    weight = tf.convert_to_tensor(weight)
+    if mode == "per_tensor":
+        bound = tf.maximum(tf.reduce_max(tf.abs(weight)), _MIN_WEIGHT_RANGE)
+        return tf.quantization.fake_quant_with_min_max_vars(
+            weight, -bound, bound, num_bits=8, narrow_range=True
+        )
+    if mode == "per_channel":
+        axes = list(range(len(weight.shape) - 1))
+        bound = tf.maximum(tf.reduce_max(tf.abs(weight), axis=axes), _MIN_WEIGHT_RANGE)
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            weight, -bound, bound, num_bits=8, narrow_range=True
+        )
+    if mode == "depthwise":
+        shape = tf.shape(weight)
+        kh, kw, cin, mult = weight.shape
+        flat = tf.reshape(weight, [kh, kw, cin * mult])
+        bound = tf.maximum(tf.reduce_max(tf.abs(flat), axis=[0, 1]), _MIN_WEIGHT_RANGE)
+        flat = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            flat, -bound, bound, num_bits=8, narrow_range=True
+        )
+        return tf.reshape(flat, shape)
+    raise ValueError(
+        "`mode` must be one of 'per_tensor', 'per_channel', 'depthwise'. "
+        f"Received: mode={mode!r}"
+    )
+
+
+def range_with_zero(low, high):
+    """Widen `[low, high]` so that it contains 0 (int8 must represent 0)."""
+    return tf.minimum(low, 0.0), tf.maximum(high, 0.0)
+
+
+def fake_quant_activation(x, low, high):
+    """Fake-quantize `x` asymmetrically to 8 bits over `[low, high]`.
+
+    The op nudges the range so that 0 is exactly representable, as TFLite
+    does when it derives a zero point.
+    """
+    low, high = range_with_zero(low, high)
+    return tf.quantization.fake_quant_with_min_max_vars(
+        x, low, high, num_bits=8, narrow_range=False
+    )
+
+
+def fixed_activation_range(activation: str) -> tuple[float, float] | None:
+    """The output range TFLite fixes for int8 `activation`, or None.
+
+    TFLite's int8 LOGISTIC and SOFTMAX always output scale 1/256 with zero
+    point -128, TANH scale 1/128 with zero point 0.
+    """
+    return _FIXED_RANGES.get(activation)
+
+
+_FIXED_RANGES = {
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "softmax": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}

@@ -1,0 +1,179 @@
+"""Which Keras layer is quantized how: a small registry, not an if/elif chain.
+
+Each layer class maps to a rule, a callable `rule(layer) -> kind` or a kind:
+
+- `"per_channel"`, `"depthwise"`, `"per_tensor"`: the layer has a kernel and
+  becomes a `QuantizeWrapper` (BatchNorm and ReLU/ReLU6 after it are folded
+  in when the graph allows) with that weight scheme.
+- `"output"`: the int8 op has its own output scale; an `ActivationQuantizer`
+  follows the layer.
+- `"activation"`: an activation TFLite runs as its own op; replaced by a
+  `QuantizedActivation`.
+- `"passthrough"`: the int8 op keeps its input's scale (reshapes, max
+  pooling, padding, dropout): nothing is added.
+- `None`: not supported (quantize raises an error naming the layer).
+
+Example:
+
+>>> register_quantizable(keras.layers.Permute, "passthrough")
+>>> quantize_kind(keras.layers.Permute((2, 1)))
+'passthrough'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+
+__all__ = ["KINDS", "fusable_activation", "quantize_kind", "register_quantizable"]
+
+KINDS = (
+    "per_channel",
+    "depthwise",
+    "per_tensor",
+    "output",
+    "activation",
+    "passthrough",
+)
+
+Rule = str | Callable[[keras.layers.Layer], "str | None"]
+_REGISTRY: dict[type, Rule] = {}
+
+
+def register_quantizable(layer_cls: type, rule: Rule) -> None:
+    """Declare how `quantize` handles layers of class `layer_cls`.
+
+    Args:
+        layer_cls: a `keras.layers.Layer` subclass (subclasses inherit it).
+        rule: one of `KINDS`, or a callable `rule(layer)` returning one of
+            them or None (unsupported configuration).
+    """
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
+        raise TypeError(
+            "`layer_cls` must be a keras.layers.Layer subclass. "
+            f"Received: layer_cls={layer_cls!r}"
+        )
+    if not callable(rule) and rule not in KINDS:
+        raise ValueError(
+            f"`rule` must be one of {KINDS} or a callable. Received: rule={rule!r}"
+        )
+    _REGISTRY[layer_cls] = rule
+
+
+def quantize_kind(layer: keras.layers.Layer) -> str | None:
+    """How `layer` is quantized (one of `KINDS`), or None if unsupported."""
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            rule = _REGISTRY[cls]
+            return rule(layer) if callable(rule) else rule
+    return None
+
+
+def _activation_name(activation) -> str:
+    name = keras.activations.serialize(activation)
+    if isinstance(name, dict):
+        name = name.get("config", name.get("class_name"))
+    return {"swish": "silu"}.get(name, name)
+
+
+def fusable_activation(layer: keras.layers.Layer) -> str | None:
+    """`"relu"`/`"relu6"` if TFLite fuses `layer` into the op before it."""
+    if isinstance(layer, keras.layers.ReLU):
+        if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
+            return None
+        if layer.max_value is None:
+            return "relu"
+        return "relu6" if float(layer.max_value) == 6.0 else None
+    if type(layer) is keras.layers.Activation:
+        name = _activation_name(layer.activation)
+        return name if name in ("relu", "relu6") else None
+    return None
+
+
+def _channels_last(kind):
+    def rule(layer):
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return None
+        if getattr(layer, "groups", 1) != 1:
+            return None
+        return kind
+
+    return rule
+
+
+def _upsampling(layer):
+    return "passthrough" if layer.interpolation == "nearest" else "output"
+
+
+def _softmax(layer):
+    return "activation" if layer.axis in (-1, [-1], (-1,)) else "output"
+
+
+def _last_axis(layer) -> bool:
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    return axis == -1 or axis == len(layer.output.shape) - 1
+
+
+def _batch_norm(layer):
+    return "output" if _last_axis(layer) else None
+
+
+L = keras.layers
+for _cls in (L.Conv1D, L.Conv2D):
+    register_quantizable(_cls, _channels_last("per_channel"))
+register_quantizable(L.DepthwiseConv2D, _channels_last("depthwise"))
+register_quantizable(L.Dense, "per_tensor")
+for _cls in (
+    L.Add,
+    L.Subtract,
+    L.Multiply,
+    L.Concatenate,
+    L.Average,
+    L.Maximum,
+    L.Minimum,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.Rescaling,
+    L.Normalization,
+    L.LeakyReLU,
+    L.ELU,
+    L.PReLU,
+):
+    register_quantizable(_cls, "output")
+register_quantizable(L.BatchNormalization, _batch_norm)
+register_quantizable(L.UpSampling1D, "passthrough")
+register_quantizable(L.UpSampling2D, _upsampling)
+register_quantizable(L.Activation, "activation")
+register_quantizable(L.ReLU, "activation")
+register_quantizable(L.Softmax, _softmax)
+for _cls in (
+    L.InputLayer,
+    L.Reshape,
+    L.Flatten,
+    L.Permute,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.Cropping1D,
+    L.Cropping2D,
+    L.Dropout,
+    L.SpatialDropout1D,
+    L.SpatialDropout2D,
+    L.GaussianNoise,
+    L.GaussianDropout,
+    L.AlphaDropout,
+    L.ActivityRegularization,
+    L.Identity,
+):
+    register_quantizable(_cls, "passthrough")
+del L, _cls
