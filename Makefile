@@ -19,6 +19,7 @@ demo: $(VENV)/.installed-bench
 
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check tfaccel tests benchmarks examples
+	$(PY) -m pytest -q --doctest-modules tfaccel
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed-bench

@@ -10,6 +10,11 @@ Usage:
 
     .venv/bin/python benchmarks/pruning.py --out benchmarks/results/pruning.json
 
+To re-measure one section into the existing results (the others are kept):
+
+    .venv/bin/python benchmarks/pruning.py --sections overhead --merge \\
+        --out benchmarks/results/pruning.json
+
 Prints one JSON object to stdout (progress goes to stderr).
 """
 
@@ -214,7 +219,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default=",".join(map(str, common.SEEDS)))
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the sections run in the existing --out "
+                             "JSON, keeping the others (re-measure one section)")
     args = parser.parse_args(argv)
+    if args.merge and not args.out:
+        parser.error("--merge needs --out (the JSON to merge into).")
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -252,8 +262,37 @@ def main(argv=None) -> dict:
     if "mobilenet" in sections:
         _guard("mobilenet", lambda: mobilenet(log), result, log)
     result["elapsed_s"] = log.elapsed()
+    if args.merge:
+        result = _merge(args.out, result, sections)
     common.emit(result, args.out)
     return result
+
+
+def _merge(path: str, fresh: dict, sections: list[str]) -> dict:
+    """`fresh`'s sections written over the JSON at `path`, the rest kept.
+
+    Each merged section records the command, machine state and time of the
+    run that produced it (`section_runs`), so figures measured at different
+    times stay attributable.
+    """
+    import json
+
+    try:
+        with open(path) as f:
+            merged = json.load(f)
+    except (OSError, ValueError):
+        return fresh
+    runs = dict(merged.get("section_runs") or {})
+    env = dict(fresh["env"])
+    if hasattr(os, "getloadavg"):
+        env["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    for name in sections:
+        if name in fresh:
+            merged[name] = fresh[name]
+            runs[name] = {"command": fresh["command"], "env": env,
+                          "elapsed_s": fresh["elapsed_s"]}
+    merged["section_runs"] = runs
+    return merged
 
 
 if __name__ == "__main__":

@@ -35,11 +35,12 @@ BENCHES = {
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
 
-def run_one(name: str, extra: list[str], timeout: int) -> dict:
+def run_one(name: str, extra: list[str], timeout: int,
+            results_dir: str = common.RESULTS_DIR) -> dict:
     script = BENCHES[name]
-    out = os.path.join(common.RESULTS_DIR, f"{name}.json")
-    log_path = os.path.join(common.RESULTS_DIR, f"{name}.log")
-    os.makedirs(common.RESULTS_DIR, exist_ok=True)
+    out = os.path.join(results_dir, f"{name}.json")
+    log_path = os.path.join(results_dir, f"{name}.log")
+    os.makedirs(results_dir, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if name != "peer_tfmot":
@@ -66,8 +67,8 @@ def run_one(name: str, extra: list[str], timeout: int) -> dict:
 # Report.
 
 
-def _load(name: str) -> dict:
-    path = os.path.join(common.RESULTS_DIR, f"{name}.json")
+def _load(name: str, results_dir: str = common.RESULTS_DIR) -> dict:
+    path = os.path.join(results_dir, f"{name}.json")
     try:
         with open(path) as f:
             return json.load(f)
@@ -147,8 +148,8 @@ def _value_or_error(d: dict, section: str, key: str, kind: str) -> str:
     return fmt(get(d, f"{section}.{key}"), kind)
 
 
-def render(runs: list[dict] | None = None) -> str:
-    peer, pru, qat = _load("peer_tfmot"), _load("pruning"), _load("qat")
+def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR) -> str:
+    peer, pru, qat = (_load(n, results_dir) for n in ("peer_tfmot", "pruning", "qat"))
     lines = [
         "# Benchmarks",
         "",
@@ -439,6 +440,11 @@ def main(argv=None) -> None:
                         help="seconds allowed per benchmark")
     parser.add_argument("--quick", action="store_true",
                         help="one seed and fewer timing rounds (a smoke run)")
+    parser.add_argument("--sections", help="passed on to every benchmark "
+                        "(comma-separated subset of digits,overhead,mobilenet)")
+    parser.add_argument("--results-dir", default=common.RESULTS_DIR,
+                        help="where the JSON and logs go")
+    parser.add_argument("--report", default=REPORT, help="the Markdown file to write")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(BENCHES)
@@ -447,10 +453,12 @@ def main(argv=None) -> None:
     runs = []
     if not args.report_only:
         extra = ["--seeds", "0", "--repeats", "5"] if args.quick else []
-        runs = [run_one(n, extra, args.timeout) for n in names]
-    with open(REPORT, "w") as f:
-        f.write(render(runs))
-    print(f"[run_all] wrote {os.path.relpath(REPORT, common.ROOT)}", flush=True)
+        if args.sections:
+            extra += ["--sections", args.sections]
+        runs = [run_one(n, extra, args.timeout, args.results_dir) for n in names]
+    with open(args.report, "w") as f:
+        f.write(render(runs, args.results_dir))
+    print(f"[run_all] wrote {args.report}", flush=True)
     failed = [r for r in runs if r["returncode"] != 0]
     if failed:
         sys.exit(1)

@@ -64,3 +64,20 @@ def substitute(
         value = scope.get_current_value(variable)
         if value is not None:
             variable.assign(value)
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Read variables in their own dtype inside the block.
+
+    Under a mixed-precision policy Keras casts float variables read inside a
+    layer's `call` to the compute dtype (bfloat16/float16). Weight transforms
+    (BatchNorm folding, fake-quantization: TF's FakeQuant ops take float32
+    only) must see the float32 values the exported model will hold.
+    """
+    # Keras' own mechanism; not exported under `keras.*`. A scope whose dtype
+    # is None casts nothing.
+    from keras.src.backend.common.variables import AutocastScope
+
+    with AutocastScope(None):
+        yield

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tests.distribute import _helpers
 
@@ -21,17 +20,6 @@ def policy(request):
     keras.mixed_precision.set_global_policy(previous)
 
 
-# Known break (10:10 UTC): under a mixed policy `quantize(...)` fails while
-# calibrating: ActivationQuantizer.call reads its range variables autocast to
-# the compute dtype (bfloat16/float16) and mixes them with float32 batch
-# ranges ("cannot compute Minimum as input #1 was expected to be a bfloat16
-# tensor but is a float tensor", tfaccel/quantization/layers.py). Strict: the
-# marker must go when quantization is fixed.
-@pytest.mark.xfail(
-    raises=tf.errors.InvalidArgumentError,
-    strict=True,
-    reason="ActivationQuantizer mixes autocast range variables with float32",
-)
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"], indirect=True)
 def test_pruned_qat_trains_and_exports_int8(policy, digits, tmp_path):
     from tfaccel.pruning import sparsity

@@ -160,6 +160,50 @@ def _strip_pruning(model, notes: list[str]):
     return strip_pruning(model)
 
 
+def _float32_policies(config):
+    """`config` with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(config, dict):
+        if (
+            config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
+            and str(config.get("config", {}).get("name", "")).startswith("mixed_")
+        ):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _float32_policies(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(v) for v in config]
+    if isinstance(config, str) and config.startswith("mixed_"):
+        return "float32"
+    return config
+
+
+def _as_float32(model, notes: list[str]):
+    """A float32 twin of a mixed-precision model, with the same weights.
+
+    Training in bfloat16/float16 is a training-time choice: the file (float32
+    or int8) is made from the float32 variables, as the model would run with
+    a float32 policy.
+    """
+    import keras
+
+    policies = {layer.dtype_policy.name for layer in _all_layers(model)}
+    if not any(name.startswith("mixed_") for name in policies):
+        return model
+    config = _float32_policies(keras.saving.serialize_keras_object(model))
+    # Sub-layers that wrappers create themselves take the global policy.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        twin = keras.saving.deserialize_keras_object(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    twin.set_weights(model.get_weights())
+    notes.append(
+        f"Mixed-precision model ({', '.join(sorted(policies))}): exported "
+        "from a float32 copy with the same weights."
+    )
+    return twin
+
+
 def _is_quantized(model) -> bool:
     try:
         from tfaccel.quantization import is_quantized
@@ -444,6 +488,7 @@ def export_tflite(
                 f"Received: quantization={quantization!r}"
             )
     model = _strip_pruning(model, notes)
+    model = _as_float32(model, notes)
 
     representative = normalize_data(
         representative_data, model, "representative_data", max_samples

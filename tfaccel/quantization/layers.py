@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfaccel._substitute import substitute
+from tfaccel._substitute import full_precision, substitute
 from tfaccel.quantization.quantizers import (
     fake_quant_activation,
     fake_quant_weight,
@@ -40,6 +40,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
     Example:
 
+    >>> import numpy as np
     >>> q = ActivationQuantizer()
     >>> y = q(np.linspace(-1.0, 3.0, 8).reshape(1, 8), training=True)
     >>> [round(float(v), 3) for v in (q.range_min, q.range_max)]
@@ -77,6 +78,10 @@ class ActivationQuantizer(keras.layers.Layer):
                 initializer="zeros",
                 trainable=False,
                 aggregation="mean",
+                # Ranges stay float32 under mixed precision: FakeQuant ops
+                # take float32 only.
+                dtype="float32",
+                autocast=False,
             )
             self.range_max = self.add_weight(
                 name="range_max",
@@ -84,12 +89,16 @@ class ActivationQuantizer(keras.layers.Layer):
                 initializer="zeros",
                 trainable=False,
                 aggregation="mean",
+                # Ranges stay float32 under mixed precision: FakeQuant ops
+                # take float32 only.
+                dtype="float32",
+                autocast=False,
             )
 
     def call(self, inputs, training=None):
-        if self.fixed_range is not None:
-            return fake_quant_activation(inputs, *self.fixed_range)
         x = tf.cast(inputs, "float32")
+        if self.fixed_range is not None:
+            return tf.cast(fake_quant_activation(x, *self.fixed_range), inputs.dtype)
         old_min = tf.convert_to_tensor(self.range_min)
         old_max = tf.convert_to_tensor(self.range_max)
         if training or self.calibrating:
@@ -138,6 +147,7 @@ class QuantizedActivation(keras.layers.Layer):
 
     Example:
 
+    >>> import numpy as np
     >>> layer = QuantizedActivation("sigmoid")
     >>> float(layer(np.array([[0.0]]))[0, 0])
     0.5
@@ -204,6 +214,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     Example:
 
+    >>> import numpy as np
     >>> conv = keras.layers.Conv2D(4, 3, use_bias=False)
     >>> q = QuantizeWrapper(conv, batch_norm=keras.layers.BatchNormalization(),
     ...                     activation="relu")
@@ -300,8 +311,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return fake_quant_weight(folded, self.weight_mode)
 
     def call(self, inputs, training=None):
-        folded, folded_bias, scale = self._fold()
-        mapping = [(self.layer.kernel, fake_quant_weight(folded, self.weight_mode))]
+        with full_precision():
+            folded, folded_bias, scale = self._fold()
+            quantized = fake_quant_weight(folded, self.weight_mode)
+        mapping = [(self.layer.kernel, quantized)]
         add_bias = False
         if folded_bias is not None and self.layer.bias is not None:
             mapping.append((self.layer.bias, folded_bias))
@@ -310,9 +323,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         with substitute(mapping):
             y = self.layer(inputs)
         if add_bias:
-            y = y + folded_bias
+            y = y + ops.cast(folded_bias, y.dtype)
         if training and self.batch_norm is not None:
-            self._update_moving_statistics(y, folded_bias, scale)
+            with full_precision():
+                self._update_moving_statistics(y, folded_bias, scale)
         if self.activation == "relu":
             y = ops.relu(y)
         elif self.activation == "relu6":
@@ -323,7 +337,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         bn = self.batch_norm
         # Statistics of the unfolded layer output `conv(x, w) + b`, recovered
         # from the folded output `conv(x, w * scale)`: divide by the scale.
-        y0 = tf.stop_gradient(tf.cast(y - folded_bias, "float32"))
+        y0 = tf.stop_gradient(tf.cast(y, "float32") - folded_bias)
         axes = list(range(len(y0.shape) - 1))
         mean = tf.reduce_mean(y0, axis=axes)
         mean_sq = tf.reduce_mean(tf.square(y0), axis=axes)

@@ -1,0 +1,263 @@
+"""tfaccel distillation benchmark: digits student distilled vs alone, float and int8.
+
+For each seed, on scikit-learn's real digits:
+
+1. a teacher, the digits CNN with (8, 16) filters, trained 10 epochs;
+2. a student, the same CNN with (1, 2) filters, trained 10 epochs alone on
+   the labels and, from the *same* initial weights, with
+   `tfaccel.distill(student, teacher, temperature=2, alpha=0.5,
+   cache_teacher=True)`;
+3. int8: each student is quantized (`tfaccel.quantize`, 256 calibration
+   samples) and fine-tuned 3 epochs the way it was trained (alone: labels;
+   distilled: the distiller around the quantized student), exported with
+   `tfaccel.export_tflite(..., quantization="int8")` and scored with
+   `tfaccel.export.run_tflite`;
+4. the full pipeline: the student pruned with `PolynomialDecay(0 -> 0.8)`
+   and distilled 10 epochs, stripped, quantized, a 3-epoch distilled QAT
+   fine-tune, int8 export; accuracy vs the float teacher and file / gzip
+   sizes of the teacher float32, student float32 and pipeline int8 files.
+
+Figures are means over seeds, reported whichever way they point.
+
+Usage:
+
+    .venv/bin/python benchmarks/distillation.py --out benchmarks/results/distillation.json
+
+Prints one JSON object to stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+TEACHER_FILTERS = (8, 16)
+STUDENT_FILTERS = (1, 2)
+EPOCHS = 10
+QAT_EPOCHS = 3
+TEMPERATURE = 2.0
+ALPHA = 0.5
+SEEDS = (0, 1, 2, 3, 4)
+_INT8_IO = {"input_type": "int8", "output_type": "int8"}
+
+MEAN_KEYS = (
+    "teacher_acc", "alone_acc", "distilled_acc", "distilled_minus_alone_points",
+    "alone_int8_acc", "distilled_int8_acc", "distilled_int8_minus_alone_int8_points",
+    "pipeline_int8_acc", "pipeline_int8_minus_teacher_points",
+    "pipeline_int8_minus_alone_points", "pipeline_kernel_sparsity",
+)
+
+
+def recipe() -> dict[str, str]:
+    return {
+        "data": common.recipe()["data"],
+        "teacher": f"digits CNN filters {TEACHER_FILTERS}, Adam {common.LR}, batch "
+                   f"{common.BATCH}, {EPOCHS} epochs",
+        "student": f"digits CNN filters {STUDENT_FILTERS}, same initial weights alone "
+                   f"and distilled, Adam {common.LR}, batch {common.BATCH}, {EPOCHS} epochs",
+        "distillation": f"tfaccel.distill(temperature={TEMPERATURE}, alpha={ALPHA}, "
+                        "cache_teacher=True)",
+        "int8": f"tfaccel.quantize(calibration_data=256 train samples), {QAT_EPOCHS}-epoch "
+                f"fine-tune at Adam {common.QAT_LR} (alone: labels; distilled: distiller "
+                "around the quantized student), export_tflite int8 with int8 I/O",
+        "pipeline": f"prune(student, PolynomialDecay 0 -> {common.TARGET_SPARSITY}, "
+                    f"{common.prune_schedule_args(1400)}) distilled {EPOCHS} epochs, "
+                    f"strip_pruning, quantize, {QAT_EPOCHS}-epoch distilled QAT, int8 export",
+    }
+
+
+def _loss():
+    import keras
+
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _distill_fit(student, teacher, x, y, epochs: int, lr: float):
+    import keras
+
+    import tfaccel
+
+    distiller = tfaccel.distill(student, teacher, temperature=TEMPERATURE, alpha=ALPHA,
+                                cache_teacher=True)
+    distiller.compile(optimizer=keras.optimizers.Adam(lr), loss=_loss())
+    distiller.fit(x, y, epochs=epochs, batch_size=common.BATCH, verbose=0)
+    return distiller.student
+
+
+def _int8(model, path: str, x_test, y_test) -> dict:
+    import tfaccel
+    from tfaccel.export import run_tflite
+
+    t0 = time.perf_counter()
+    report = tfaccel.export_tflite(model, path, quantization="int8",
+                                   verification_data=x_test, **_INT8_IO)
+    logits = run_tflite(path, x_test)
+    return {
+        **common.file_sizes(path),
+        "export_s": round(time.perf_counter() - t0, 2),
+        "acc": float(np.mean(np.argmax(logits, -1) == y_test)),
+        "agreement_vs_keras": getattr(report, "agreement", None),
+        "ops": getattr(report, "ops", None),
+    }
+
+
+def _float32(model, path: str) -> dict:
+    import tfaccel
+
+    tfaccel.export_tflite(model, path)
+    return common.file_sizes(path)
+
+
+def _kernels(model) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.weights
+            if w.path.endswith("kernel") or w.name == "kernel"]
+
+
+def digits_seed(data, seed: int, workdir: str, log) -> dict:
+    import keras
+
+    import tfaccel
+    from tfaccel.schedules import PolynomialDecay
+
+    x_train, y_train, x_test, y_test = data
+    calibration = x_train[:256]
+    res: dict = {"seed": seed}
+
+    keras.utils.set_random_seed(seed)
+    teacher = common.compile_classifier(
+        common.make_cnn(keras, TEACHER_FILTERS, name="teacher"), keras)
+    teacher.fit(x_train, y_train, epochs=EPOCHS, batch_size=common.BATCH, verbose=0)
+    res["teacher_acc"] = common.accuracy(teacher, x_test, y_test)
+    res["teacher_params"] = int(teacher.count_params())
+    teacher.trainable = False
+
+    keras.utils.set_random_seed(1000 + seed)
+    alone = common.make_cnn(keras, STUDENT_FILTERS, name="student")
+    initial = alone.get_weights()
+    res["student_params"] = int(alone.count_params())
+
+    def fresh_student():
+        student = common.make_cnn(keras, STUDENT_FILTERS, name="student")
+        student.set_weights(initial)
+        return student
+
+    # Student alone, float then QAT on the labels.
+    common.compile_classifier(alone, keras)
+    alone.fit(x_train, y_train, epochs=EPOCHS, batch_size=common.BATCH, verbose=0)
+    res["alone_acc"] = common.accuracy(alone, x_test, y_test)
+    alone_qat = tfaccel.quantize(alone, calibration_data=calibration)
+    common.compile_classifier(alone_qat, keras, lr=common.QAT_LR)
+    alone_qat.fit(x_train, y_train, epochs=QAT_EPOCHS, batch_size=common.BATCH, verbose=0)
+    alone_int8 = _int8(alone_qat, os.path.join(workdir, f"alone_{seed}.tflite"),
+                       x_test, y_test)
+    res["alone_int8"] = alone_int8
+    res["alone_int8_acc"] = alone_int8["acc"]
+
+    # Same start, distilled; then QAT with the distiller around the QAT student.
+    distilled = _distill_fit(fresh_student(), teacher, x_train, y_train, EPOCHS, common.LR)
+    res["distilled_acc"] = common.accuracy(distilled, x_test, y_test)
+    distilled_qat = _distill_fit(tfaccel.quantize(distilled, calibration_data=calibration),
+                                 teacher, x_train, y_train, QAT_EPOCHS, common.QAT_LR)
+    distilled_int8 = _int8(distilled_qat, os.path.join(workdir, f"distilled_{seed}.tflite"),
+                           x_test, y_test)
+    res["distilled_int8"] = distilled_int8
+    res["distilled_int8_acc"] = distilled_int8["acc"]
+    log(f"seed {seed}: teacher {res['teacher_acc']:.4f} alone {res['alone_acc']:.4f} "
+        f"distilled {res['distilled_acc']:.4f} | int8 alone {res['alone_int8_acc']:.4f} "
+        f"distilled {res['distilled_int8_acc']:.4f}")
+
+    # Full pipeline: distill into a pruned student, strip, QAT (distilled), int8.
+    schedule = PolynomialDecay(**common.prune_schedule_args(len(x_train)))
+    pruned = _distill_fit(tfaccel.prune(fresh_student(), schedule), teacher,
+                          x_train, y_train, EPOCHS, common.LR)
+    stripped = tfaccel.strip_pruning(pruned)
+    res["pipeline_pruned_float_acc"] = common.accuracy(stripped, x_test, y_test)
+    res["pipeline_kernel_sparsity"] = common.weight_sparsity(_kernels(stripped))
+    pipeline_qat = _distill_fit(tfaccel.quantize(stripped, calibration_data=calibration),
+                                teacher, x_train, y_train, QAT_EPOCHS, common.QAT_LR)
+    pipeline = _int8(pipeline_qat, os.path.join(workdir, f"pipeline_{seed}.tflite"),
+                     x_test, y_test)
+    res["pipeline_int8"] = pipeline
+    res["pipeline_int8_acc"] = pipeline["acc"]
+
+    res["teacher_float32"] = _float32(teacher, os.path.join(workdir, f"teacher_{seed}.tflite"))
+    res["student_float32"] = _float32(distilled,
+                                      os.path.join(workdir, f"student_{seed}.tflite"))
+    res["distilled_minus_alone_points"] = round(
+        100 * (res["distilled_acc"] - res["alone_acc"]), 3)
+    res["distilled_int8_minus_alone_int8_points"] = round(
+        100 * (res["distilled_int8_acc"] - res["alone_int8_acc"]), 3)
+    res["pipeline_int8_minus_teacher_points"] = round(
+        100 * (res["pipeline_int8_acc"] - res["teacher_acc"]), 3)
+    res["pipeline_int8_minus_alone_points"] = round(
+        100 * (res["pipeline_int8_acc"] - res["alone_acc"]), 3)
+    log(f"seed {seed}: pipeline sparsity {res['pipeline_kernel_sparsity']:.3f} pruned "
+        f"float {res['pipeline_pruned_float_acc']:.4f} int8 {res['pipeline_int8_acc']:.4f}; "
+        f"bytes teacher {res['teacher_float32']['bytes']} student "
+        f"{res['student_float32']['bytes']} pipeline {pipeline['bytes']}")
+    keras.backend.clear_session()
+    return res
+
+
+def summarize(rows: list[dict]) -> dict:
+    mean = {k: round(statistics.mean(r[k] for r in rows), 5) for k in MEAN_KEYS}
+    std = {k: round(statistics.stdev(r[k] for r in rows), 5) if len(rows) > 1 else 0.0
+           for k in MEAN_KEYS}
+    sizes = {}
+    for key in ("teacher_float32", "student_float32", "pipeline_int8"):
+        sizes[key] = {f: round(statistics.mean(r[key][f] for r in rows), 1)
+                      for f in ("bytes", "gzip_bytes")}
+    sizes["pipeline_int8_gzip_vs_teacher_float32_gzip"] = round(
+        sizes["pipeline_int8"]["gzip_bytes"] / sizes["teacher_float32"]["gzip_bytes"], 4)
+    sizes["pipeline_int8_bytes_vs_teacher_float32_bytes"] = round(
+        sizes["pipeline_int8"]["bytes"] / sizes["teacher_float32"]["bytes"], 4)
+    wins = sum(r["distilled_acc"] > r["alone_acc"] for r in rows)
+    return {"mean": mean, "stdev": std, "sizes": sizes,
+            "distilled_beats_alone_seeds": f"{wins}/{len(rows)}",
+            "teacher_params": rows[0]["teacher_params"],
+            "student_params": rows[0]["student_params"]}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    # Accepted for run_all.py's --quick/--sections; this benchmark has one section.
+    parser.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sections", default="digits", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    log = common.Clock("distillation")
+    result: dict = {"benchmark": "distillation", "command": common.command_line(),
+                    "env": common.env_info(), "recipe": recipe()}
+    data = common.load_digits_split()
+    rows: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            for seed in seeds:
+                rows.append(digits_seed(data, seed, workdir, log))
+        result["digits"] = {"seeds": rows, **summarize(rows)}
+    except Exception as e:  # noqa: BLE001 - report what ran, and the error
+        log(f"failed: {type(e).__name__}: {e}")
+        result["digits"] = {"seeds": rows, "error": f"{type(e).__name__}: {str(e)[:500]}",
+                            "traceback": traceback.format_exc()[-2000:]}
+    result["elapsed_s"] = log.elapsed()
+    common.emit(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
