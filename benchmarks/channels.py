@@ -2,7 +2,8 @@
 
 Prints one JSON object. Not part of the test suite. Run:
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/channels.py [--size 96]
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/channels.py [--size 96] \
+        [--out benchmarks/results/channels.json]
 
 - MobileNetV2 (alpha 1.0, weights=None, size x size input): 50% of the output
   channels of every layer `prune_channels` selects by default (layers whose
@@ -20,14 +21,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -185,8 +187,11 @@ def main() -> None:
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--out", help="write the JSON here too")
     args = parser.parse_args()
     start = time.time()
+    header = {"benchmark": "channels", "command": common.command_line(),
+              "env": common.env_info()}
     # The converter prints to stdout; keep stdout for the JSON report only.
     with contextlib.redirect_stdout(sys.stderr):
         report = {
@@ -197,7 +202,7 @@ def main() -> None:
                 args.seeds, args.epochs, args.finetune_epochs
             )
     report["seconds"] = round(time.time() - start, 1)
-    print(json.dumps(report, indent=2))
+    common.emit({**header, **report}, args.out)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ tracing), the one-off cost of computing the cache, and the speed-up.
 With `--accuracy` it also prints, for a few seeds, the test accuracy of the
 student distilled from the teacher vs the same student trained alone.
 
-Run: `python benchmarks/distillation_cache.py [--epochs 3] [--accuracy]`.
+Run: `python benchmarks/distillation_cache.py [--epochs 3] [--accuracy]
+[--out benchmarks/results/distillation_cache.json]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +23,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script from anywhere: the digits helpers live in tests/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -109,7 +111,10 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10, help="tile the data")
     parser.add_argument("--accuracy", action="store_true")
+    parser.add_argument("--out", help="write the JSON here too")
     args = parser.parse_args()
+    header = {"benchmark": "distillation_cache", "command": common.command_line(),
+              "env": common.env_info()}
 
     x, y, xt, yt = load_digits_split()
     teacher = _trained_teacher(x, y)
@@ -117,6 +122,7 @@ def main():
     live, live_outside = time_epochs(teacher, xr, yr, False, args.epochs)
     cached, cached_outside = time_epochs(teacher, xr, yr, True, args.epochs)
     result = {
+        **header,
         "samples_per_epoch": len(xr),
         "teacher_macs": multiply_adds(teacher),
         "student_macs": multiply_adds(make_mlp()),
@@ -134,7 +140,7 @@ def main():
     result["macs_ratio"] = round(result["teacher_macs"] / result["student_macs"], 1)
     if args.accuracy:
         result["accuracy"] = accuracy_comparison(teacher, x, y, xt, yt)
-    print(json.dumps(result, indent=2))
+    common.emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@ __all__ = ["consumers", "as_functional"]
 
 
 def as_functional(model: keras.Model) -> keras.Model:
-    """`model` itself if functional, else a functional view of a Sequential."""
+    """`model` itself if functional, else a functional view of a Sequential.
+
+    The view shares the Sequential's layers and adds no nodes to them.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model. Received: model={model!r}")
     if isinstance(model, keras.Sequential):
         if not model.built or not model.inputs:
             raise ValueError(
@@ -22,10 +27,11 @@ def as_functional(model: keras.Model) -> keras.Model:
             outputs[0] if len(outputs) == 1 else outputs,
             name=model.name,
         )
-    if not hasattr(model, "_nodes_by_depth"):
+    if not hasattr(model, "_nodes_by_depth") or not model.inputs:
         raise ValueError(
-            "Expected a Sequential or functional Keras model. "
-            f"Received: a subclassed model of class {type(model).__name__}"
+            "Expected a Sequential or functional Keras model (a subclassed "
+            "model has no graph to rewrite: build it with the functional API). "
+            f"Received: model {model.name!r} of class {type(model).__name__}"
         )
     return model
 

@@ -138,6 +138,16 @@ def run(out_dir: str = "saved_models", epochs: int = 10, seed: int = 0) -> list[
                     dense_report.bytes, dense_report.gzip_bytes,
                     dense_report.agreement))
 
+    step("post-training int8 export of the dense model (calibrated on 500 samples)")
+    ptq_report = tfaccel.export_tflite(
+        dense, os.path.join(out_dir, "digits_dense_int8.tflite"),
+        quantization="int8", representative_data=x_train[:500],
+        verification_data=x_test,
+    )
+    rows.append(Row("dense int8 (post-training)",
+                    _int8_accuracy(ptq_report.path, x_test, y_test), 0.0,
+                    ptq_report.bytes, ptq_report.gzip_bytes, ptq_report.agreement))
+
     # 2. Prune to 80% inside fit, then strip.
     steps_per_epoch = int(np.ceil(len(x_train) / 32))
     end = steps_per_epoch * max(1, epochs - 2)
@@ -194,6 +204,10 @@ def run(out_dir: str = "saved_models", epochs: int = 10, seed: int = 0) -> list[
     rows.append(Row("student distilled (same start)",
                     _accuracy(distiller.student, x_test, y_test)))
 
+    for name, text in (("json", int8_report.to_json()), ("md", int8_report.to_markdown())):
+        with open(os.path.join(out_dir, f"digits_pruned_int8_report.{name}"), "w") as f:
+            f.write(text)
+    _plots(rows[:4], weights_sparsity, out_dir)
     step("done")
     print()
     print("Per-layer sparsity of the pruned model: "
@@ -202,6 +216,24 @@ def run(out_dir: str = "saved_models", epochs: int = 10, seed: int = 0) -> list[
     print()
     print_table(rows)
     return rows
+
+
+def _plots(rows: list[Row], weights_sparsity: dict, out_dir: str) -> None:
+    """Accuracy vs size and sparsity per layer, as PNG (needs matplotlib)."""
+    try:
+        from tfaccel import plots
+
+        plots.plot_accuracy_vs_size(
+            [{"name": r.variant, "accuracy": r.accuracy, "bytes": r.bytes,
+              "gzip_bytes": r.gzip_bytes} for r in rows],
+            os.path.join(out_dir, "accuracy_vs_size.png"),
+        )
+        plots.plot_sparsity_per_layer(
+            weights_sparsity, os.path.join(out_dir, "sparsity_per_layer.png"),
+            target=0.8,
+        )
+    except ImportError as e:
+        print(f"(plots skipped: {e})")
 
 
 def _int8_accuracy(path, x, y) -> float:

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfaccel._graph import as_functional
 from tfaccel._substitute import substitute
 
 __all__ = ["PruneChannels", "prune_channels", "channel_fractions"]
@@ -389,7 +390,7 @@ class GraphAnalysis:
     """
 
     def __init__(self, model: keras.Model, is_producer: Callable[[Any], bool]):
-        self.model = _as_functional(model)
+        self.model = as_functional(model)
         self.is_producer = is_producer
         self.uf = _UnionFind()
         self.labels: dict[int, np.ndarray] = {}
@@ -549,31 +550,6 @@ class GraphAnalysis:
         for root in roots:
             pinned = pinned or self.uf.pinned[root]
         return others, pinned
-
-
-def _as_functional(model: keras.Model) -> keras.Model:
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model. Received: model={model!r}")
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
-            raise ValueError(
-                "A Sequential model must be built with a known input shape "
-                f"(start it with `keras.Input(...)`). Received: model={model.name!r}"
-            )
-        # A functional view over the same graph (adds no nodes to the layers).
-        inputs, outputs = model.inputs, model.outputs
-        # Single tensors, not lists, so `model(x)` keeps matching the structure.
-        return keras.Model(
-            inputs[0] if len(inputs) == 1 else inputs,
-            outputs[0] if len(outputs) == 1 else outputs,
-            name=model.name,
-        )
-    if not hasattr(model, "_run_through_graph") or not model.inputs:
-        raise ValueError(
-            "`model` must be a functional or Sequential model (a subclassed "
-            f"model has no graph to rewrite). Received: model={model.name!r}"
-        )
-    return model
 
 
 def _fusable_norm(analysis: GraphAnalysis, layer):
@@ -792,7 +768,7 @@ def channel_fractions(model: keras.Model) -> dict[str, float]:
     [0.0]
     """
     fractions = {}
-    for layer in _as_functional(model).layers:
+    for layer in as_functional(model).layers:
         if isinstance(layer, PruneChannels):
             mask = ops.convert_to_numpy(layer.mask)
             fractions[layer.name] = float((mask == 0).mean())

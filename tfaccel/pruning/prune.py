@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
-from keras.src.models.functional import Functional
 
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.pruning.masks import parse_structure
@@ -23,7 +22,10 @@ LayerSelector = (
 
 
 def _check_model(model, argument="model"):
-    if isinstance(model, (keras.Sequential, Functional)):
+    # A functional model has a graph of nodes; a subclassed one has none.
+    if isinstance(model, keras.Sequential) or (
+        isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+    ):
         return
     if isinstance(model, keras.Model):
         raise ValueError(
