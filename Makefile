@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint docs clean
 
 $(VENV)/.installed-%: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,15 +18,18 @@ demo: $(VENV)/.installed-bench
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed-test
-	$(PY) -m ruff check tfaccel tests benchmarks examples
+	$(PY) -m ruff check tfaccel tests benchmarks examples docs
 	$(PY) -m pytest -q --doctest-modules tfaccel
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run_all.py
 
+docs: $(VENV)/.installed-test
+	$(PY) docs/gen_api.py
+
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check tfaccel tests benchmarks examples
+	$(PY) -m ruff check tfaccel tests benchmarks examples docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info saved_models/*.tflite saved_models/*.keras

@@ -80,3 +80,18 @@ def test_saved_model_loads_in_a_fresh_process_with_plain_keras(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_api_reference_is_current():
+    """docs/api.md is generated from the docstrings: regenerate with `make docs`."""
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "gen_api", os.path.join(root, "docs", "gen_api.py")
+    )
+    gen_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_api)
+    with open(os.path.join(root, "docs", "api.md")) as f:
+        assert f.read() == gen_api.render(), "docs/api.md is stale: run `make docs`"
