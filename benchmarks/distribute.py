@@ -298,14 +298,12 @@ def _epoch_timer():
     return EpochTimer()
 
 
-def throughput(data, sparse_source, batch: int, repeats: int, tile: int, log) -> dict:
-    import keras
-
+def throughput(data, sparse_source, batch: int, repeats: int, tile: int, mirrored,
+               log) -> dict:
     # The training set tiled so that an epoch lasts long enough to time.
     x_train, y_train = np.tile(data[0], (tile, 1, 1, 1)), np.tile(data[1], tile)
     n = len(x_train)
     setups = []
-    mirrored = tf.distribute.MirroredStrategy(list(DEVICES))
     for variant in VARIANTS:
         with tf.device("/cpu:0"):
             setups.append((f"{variant}@1device", build(variant, data, sparse_source)))
@@ -335,7 +333,6 @@ def throughput(data, sparse_source, batch: int, repeats: int, tile: int, log) ->
             ratios[f"{variant}_over_plain@{where}"] = round(
                 median[f"{variant}@{where}"] / median[f"plain@{where}"], 3)
     log(f"throughput batch {batch}: {median}")
-    keras.backend.clear_session()
     return {"global_batch": batch, "samples_per_epoch": n, "tile": tile,
             "repeats": repeats,
             "median_samples_per_s": median, "ratios": ratios,
@@ -390,12 +387,17 @@ def main(argv=None) -> dict:
         _guard("sync", lambda: sync_counts(data, source, log), result, log)
     if "throughput" in sections:
         batches = [int(b) for b in args.batches.split(",") if b]
+        # One strategy for all batch sizes: a second MirroredStrategy (default
+        # cross-device ops) in the same process once failed here with a
+        # collective "Shape mismatch" between the QAT BN-moment and gradient
+        # all-reduces (see the report).
+        mirrored = tf.distribute.MirroredStrategy(list(DEVICES))
         _guard("throughput", lambda: {
             "how": f"samples/s = {args.tile} x 1400 (training set tiled) / epoch wall "
                    "time (on_epoch_begin to on_epoch_end), one epoch per setup per round, 6 setups interleaved with rotating "
                    "order after one warm-up epoch each; median over rounds",
-            "batches": [throughput(data, source, b, args.repeats, args.tile, log)
-                        for b in batches]},
+            "batches": [throughput(data, source, b, args.repeats, args.tile, mirrored,
+                                   log) for b in batches]},
             result, log)
     if result.get("source") == {"ok": True}:
         del result["source"]

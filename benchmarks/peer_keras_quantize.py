@@ -223,6 +223,13 @@ def _tflite_cell(t: dict | None) -> str:
     return "**fails**: `" + t.get("error", "?").replace("`", "'").replace("|", "/") + "`"
 
 
+def _tflite_both(t: dict) -> str:
+    plain, opt = _tflite_cell(t.get("plain")), _tflite_cell(t.get("optimize_default"))
+    if plain == opt:
+        return plain + " (same with `Optimize.DEFAULT`)"
+    return f"plain: {plain}; `Optimize.DEFAULT`: {opt}"
+
+
 def render_keras_quantize(d: dict) -> list[str]:
     """Markdown lines for the Keras `model.quantize` peer section."""
     lines = ['## Peer: Keras 3 `model.quantize("int8")` (post-training, weight-only)', ""]
@@ -231,8 +238,9 @@ def render_keras_quantize(d: dict) -> list[str]:
                         "--out benchmarks/results/peer_keras_quantize.json`", ""]
     names = {"cnn": "digits CNN", "mlp": "digits MLP (Dense only)"}
     header = ["model", "float acc", "int8 acc (Keras)", "Δ points", "layers quantized",
-              "weight bytes float → int8", "TFLite (plain)", "TFLite (Optimize.DEFAULT)"]
+              "weight bytes float → int8", "TFLite conversion"]
     rows = []
+    n = 0
     for kind in MODELS:
         m = d.get(kind)
         if not m:
@@ -249,8 +257,7 @@ def render_keras_quantize(d: dict) -> list[str]:
             + (f" (skipped: {', '.join(m['skipped_layers'])})" if m["skipped_layers"] else ""),
             f"{m['float_weight_bytes']:,} → {m['int8_weight_bytes']:,} "
             f"({m['mean']['int8_vs_float_weight_bytes']:.2f}x)",
-            _tflite_cell((m.get("tflite") or {}).get("plain")),
-            _tflite_cell((m.get("tflite") or {}).get("optimize_default")),
+            _tflite_both(m.get("tflite") or {}),
         ])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

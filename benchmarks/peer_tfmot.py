@@ -254,8 +254,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--seeds", default=",".join(map(str, common.SEEDS)))
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=121)
+    parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)

@@ -217,8 +217,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--seeds", default=",".join(map(str, common.SEEDS)))
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=121,
+                        help="interleaved timing rounds (overhead section)")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="timed train steps per round (overhead section)")
     parser.add_argument("--merge", action="store_true",
                         help="replace only the sections run in the existing --out "
                              "JSON, keeping the others (re-measure one section)")

@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import peer_keras_quantize  # noqa: E402
 
 PY = ".venv/bin/python"
 BENCHES = {
@@ -35,6 +36,7 @@ BENCHES = {
     "distillation_cache": "benchmarks/distillation_cache.py",
     "distillation": "benchmarks/distillation.py",
     "distribute": "benchmarks/distribute.py",
+    "peer_keras_quantize": "benchmarks/peer_keras_quantize.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -47,6 +49,7 @@ QUICK = {
     "distillation_cache": ["--epochs", "1", "--repeat", "3"],
     "distillation": ["--seeds", "0"],
     "distribute": ["--repeats", "3", "--batches", "256"],
+    "peer_keras_quantize": ["--seeds", "0"],
 }
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
@@ -266,12 +269,14 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _overhead_section(pru, qat, peer)
     lines += _mobilenet_section(pru, qat, peer)
     more = {n: _load(n, results_dir)
-            for n in ("channels", "distillation_cache", "distillation", "distribute")}
+            for n in ("channels", "distillation_cache", "distillation", "distribute",
+                      "peer_keras_quantize")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
     lines += _distillation_section(more["distillation"])
     lines += _distribute_section(more["distribute"])
+    lines += peer_keras_quantize.render_keras_quantize(more["peer_keras_quantize"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):
@@ -549,7 +554,8 @@ def _distillation_section(d: dict) -> list[str]:
     out += [f"Recipe: teacher {rec.get('teacher')}; student {rec.get('student')}; "
             f"{rec.get('distillation')}; int8: {rec.get('int8')}; pipeline: "
             f"{rec.get('pipeline')}. Teacher {g.get('teacher_params'):,} parameters, "
-            f"student {g.get('student_params'):,}. Mean (stdev) over {n} seeds; "
+            f"student {g.get('student_params'):,}, pipeline student "
+            f"{g.get('pipeline_student_params') or 0:,}. Mean (stdev) over {n} seeds; "
             f"distilled beat alone (float) on {g.get('distilled_beats_alone_seeds')} "
             "seeds. Reproduce: " + _run_cmd("distillation") + ".", ""]
 
@@ -662,15 +668,27 @@ def _distribute_section(d: dict) -> list[str]:
     rows = []
     for b in t.get("batches") or []:
         med, r = b["median_samples_per_s"], b["ratios"]
+        iqr = b.get("iqr_samples_per_s") or {}
+
+        def cell(key, med=med, iqr=iqr):
+            q = iqr.get(key)
+            spread = f" ({q[0]:,.0f}-{q[1]:,.0f})" if q else ""
+            return f"{med[key]:,.0f}{spread}"
+
         for name in ("plain", "pruned", "pruned_qat"):
-            rows.append([b["global_batch"], name, f"{med[name + '@1device']:,.0f}",
-                         f"{med[name + '@mirrored2']:,.0f}",
+            rows.append([b["global_batch"], name, cell(name + "@1device"),
+                         cell(name + "@mirrored2"),
                          fmt(r.get(f"{name}_mirrored_over_1device"), "x"),
                          fmt(r.get(f"{name}_over_plain@1device"), "x") if name != "plain"
                          else "-",
                          fmt(r.get(f"{name}_over_plain@mirrored2"), "x") if name != "plain"
                          else "-"])
-    out += ["Training throughput: " + t.get("how", "") + ". Reproduce: "
+    out += ["Training throughput: " + t.get("how", "") + "; cells: median (interquartile range "
+            "over rounds). Load average (1/5/15 min) during the run: "
+            f"{get(d, 'env.loadavg')} -> {d.get('loadavg_end')} on "
+            f"{get(d, 'env.cores')} cores: other jobs shared the machine, and epochs at "
+            "batch 256 last a fraction of a second, so the spread is wide; compare "
+            "ratios only where the ranges do not overlap. Reproduce: "
             + _run_cmd("distribute", "--sections throughput") + ".", ""]
     out += _table(["global batch", "model", "samples/s 1 device", "samples/s Mirrored 2",
                    "Mirrored / 1 device", "vs plain (1 device)", "vs plain (Mirrored)"],
