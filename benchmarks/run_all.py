@@ -459,6 +459,9 @@ def _more_goals_section(ch: dict, cache: dict) -> list[str]:
          ">= 1.60x", _channels_speedup(ch, 2), ">=", 1.6, "x", _run_cmd("channels")),
         (f"Digits CNN, 50% channels: accuracy drop vs dense (mean of {n or 'n/a'} seeds)",
          "<= 1.00 pts", gap, "<=", 1.0, "ptsabs", _run_cmd("channels")),
+        (f"Digits CNN, 50% channels: int8 TFLite accuracy drop vs dense int8 (mean of "
+         f"{n or 'n/a'} seeds)", "<= 1.00 pts", get(ch, "digits_cnn.mean_int8_gap_points"),
+         "<=", 1.0, "ptsabs", _run_cmd("channels")),
         ("Distillation cache: teacher / student multiply-adds", ">= 10x",
          get(cache, "macs_ratio"), ">=", 10.0, "x", _run_cmd("distillation_cache")),
         ("Distillation cache: epoch time speed-up, cached / live teacher", "reported",
@@ -508,13 +511,16 @@ def _channels_section(d: dict) -> list[str]:
     out += _table(["figure", "dense", "50% channels shrunk", "shrunk / dense"], rows)
     dg = d.get("digits_cnn") or {}
     rows = [[r.get("seed"), fmt(r.get("dense_acc"), "pct"), fmt(r.get("shrunk_acc"), "pct"),
+             fmt(r.get("dense_int8_acc"), "pct"), fmt(r.get("shrunk_int8_acc"), "pct"),
              f"{r.get('dense_params'):,} -> {r.get('shrunk_params'):,}"]
             for r in dg.get("runs") or []]
     out += [f"Digits CNN (tests/tiny_models.make_cnn), dense {dg.get('epochs')} epochs at "
             f"Adam 3e-3, then 50% of channels pruned with a {dg.get('finetune_epochs')}-epoch "
             "fine-tune from the dense weights and shrunk. Mean drop "
-            f"{dg.get('mean_gap_points')} pts. Reproduce: " + _run_cmd("channels") + ".", ""]
-    out += _table(["seed", "dense acc", "shrunk acc", "params"], rows)
+            f"{dg.get('mean_gap_points')} pts float, {dg.get('mean_int8_gap_points')} pts "
+            f"int8 ({dg.get('int8')}). Reproduce: " + _run_cmd("channels") + ".", ""]
+    out += _table(["seed", "dense acc", "shrunk acc", "dense int8 acc", "shrunk int8 acc",
+                   "params"], rows)
     return out
 
 
