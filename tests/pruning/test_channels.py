@@ -270,3 +270,29 @@ def test_original_model_is_left_untouched(cnn):
     )
     for before_value, after in zip(weights, cnn.weights):
         np.testing.assert_array_equal(before_value, keras.ops.convert_to_numpy(after))
+
+
+def test_prune_structure_channels_then_strip_shrinks(digits):
+    """`prune(structure="channels")` + `strip_pruning` is the public path: a
+    tfaccel schedule starting at step 0 masks from the first batch, the input
+    model is untouched and the stripped model is smaller with equal outputs."""
+    import tfaccel
+
+    x, y, x_test, _ = digits
+    model = make_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = _compile(
+        tfaccel.prune(
+            model, tfaccel.schedules.ConstantSparsity(0.5, 0, frequency=1000),
+            structure="channels",
+        )
+    )
+    pruned.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    assert all(f == 0.5 for f in channel_fractions(pruned).values())
+    small = tfaccel.strip_pruning(pruned)
+    assert small.count_params() < model.count_params()
+    np.testing.assert_allclose(
+        small.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-4
+    )
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -237,11 +237,14 @@ class PruneChannels(keras.layers.Wrapper):
 
     def call(self, inputs, training=None):
         if training:
-            step = self.step + 1
-            self.step.assign(step)
+            # The k-th training call (k = 0, 1, ...) evaluates the schedule at
+            # step k, as `PruneLowMagnitude` does: a schedule beginning at
+            # step 0 masks from the first batch.
+            step = ops.convert_to_tensor(self.step)
             should_prune, fraction = self._fraction(step)
             mask = ops.where(should_prune, self.compute_mask_from(fraction), self.mask)
             self.mask.assign(mask)
+            self.step.assign(step + 1)
         else:
             mask = ops.convert_to_tensor(self.mask)
         mapping = [
