@@ -36,34 +36,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
+
+from tfaccel.demo import digits_cnn, load_digits  # noqa: E402
 
 TEACHER_FILTERS = (16, 32)
 STUDENT_FILTERS = (1, 2)
-
-
-def load_digits():
-    """scikit-learn's 1,797 real 8x8 digits as NHWC float32 in [0, 1]."""
-    from sklearn.datasets import load_digits as _load
-
-    data = _load()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int32")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
-
-
-def digits_cnn(filters, name):
-    inputs = keras.Input((8, 8, 1))
-    x = inputs
-    for f in filters:
-        x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(10)(x)  # logits: distillation needs them
-    return keras.Model(inputs, outputs, name=name)
 
 
 def main(argv=None) -> int:

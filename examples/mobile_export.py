@@ -73,19 +73,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfaccel.demo import load_digits  # noqa: E402
+
 LABELS = [str(d) for d in range(10)]
-
-
-def load_digits():
-    """scikit-learn's 1,797 real 8x8 digits as NHWC float32 in [0, 1]."""
-    from sklearn.datasets import load_digits as _load
-
-    data = _load()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int32")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
 def build_model():

@@ -32,6 +32,7 @@ def _current_scope() -> keras.StatelessScope | None:
 def substitute(
     mapping: Iterable[tuple[keras.Variable, object]],
     tracked: Iterable[keras.Variable] = (),
+    owner: keras.layers.Layer | None = None,
 ) -> Iterator[None]:
     """Read `mapping`'s values in place of its variables inside the block.
 
@@ -40,11 +41,16 @@ def substitute(
             `variable` yields `tensor` (gradients flow into `tensor`).
         tracked: other variables the block may assign to (the wrapped layer's
             own state). Their updates are applied when the block exits.
+        owner: the layer that keeps the losses added inside the block (an
+            activity regularizer's) when there is no outer scope; without
+            one they are dropped, since a bare scope does not keep them.
     """
     mapping = list(mapping)
     substituted = {id(v) for v, _ in mapping}
     outer = _current_scope()
-    scope = keras.StatelessScope(state_mapping=mapping)
+    scope = keras.StatelessScope(
+        state_mapping=mapping, collect_losses=owner is not None
+    )
     if outer is not None:
         # See the outer scope's values too; ours take precedence.
         scope.state_mapping = {**outer.state_mapping, **scope.state_mapping}
@@ -58,6 +64,8 @@ def substitute(
         for loss in scope.losses:
             outer.add_loss(loss)
         return
+    for loss in scope.losses:
+        owner.add_loss(loss)
     for variable in tracked:
         if id(variable) in substituted:
             continue

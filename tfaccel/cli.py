@@ -37,7 +37,6 @@ import statistics
 import sys
 import textwrap
 import time
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
@@ -377,9 +376,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     quantization = args.quantization
-    for option, value in (("--min-agreement", args.min_agreement),):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise CliError(f"{option}: expected a fraction in [0, 1]. Received: {value}")
+    if args.min_agreement is not None and not 0.0 <= args.min_agreement <= 1.0:
+        raise CliError(
+            f"--min-agreement: expected a fraction in [0, 1]. Received: {args.min_agreement}"
+        )
     if args.max_samples < 1:
         raise CliError(f"--max-samples: expected an integer >= 1. Received: {args.max_samples}")
     if args.max_error is not None and args.max_error < 0:
@@ -443,13 +443,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         kwargs["tolerance"] = tolerance
 
     try:
-        with warnings.catch_warnings():
-            # The converter warns about input statistics it never needs for
-            # int8 inputs calibrated from data: noise on a terminal.
-            warnings.filterwarnings(
-                "ignore", message="Statistics for quantized inputs were expected"
-            )
-            report = export_tflite(model, args.output, **kwargs)
+        report = export_tflite(model, args.output, **kwargs)
     except VerificationError as e:
         raise CliError(
             f"verification failed, {args.output} not written: {_first_line(e)}",
@@ -502,18 +496,6 @@ def _weight_bytes(model: Any) -> int:
     for v in model.weights:
         total += int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
     return total
-
-
-def _as_dict(info: Any) -> dict[str, Any]:
-    if isinstance(info, dict):
-        return info
-    if hasattr(info, "to_dict"):
-        return info.to_dict()
-    import dataclasses
-
-    if dataclasses.is_dataclass(info):
-        return dataclasses.asdict(info)
-    return dict(vars(info))
 
 
 def _fmt_bytes(n: Any) -> str:
@@ -582,7 +564,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from tfaccel.export import inspect_tflite
 
     try:
-        info = _as_dict(inspect_tflite(args.file))
+        info = inspect_tflite(args.file).to_dict()
     except (ValueError, RuntimeError) as e:
         raise CliError(
             f"cannot read {args.file}: {_first_line(e)}", EXIT_BAD_MODEL_FILE

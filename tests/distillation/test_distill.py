@@ -76,6 +76,37 @@ def test_alpha_one_is_plain_training(digits, teacher_weights):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+def test_student_regularizers_are_trained(digits, teacher_weights):
+    # Keras' Model.compute_loss adds `model.losses` (weight and activity
+    # regularizers); the distiller must too, else alpha=1 is not plain `fit`.
+    x, y, _, _ = digits
+
+    def regularized():
+        keras.utils.set_random_seed(4)
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(
+                    16,
+                    kernel_regularizer=keras.regularizers.L2(0.1),
+                    activity_regularizer=keras.regularizers.L2(0.01),
+                ),
+                keras.layers.Dense(10),
+            ]
+        )
+
+    alone = regularized()
+    alone.compile(keras.optimizers.SGD(0.1), loss=SCCE(from_logits=True))
+    h_alone = alone.fit(x[:128], y[:128], batch_size=64, shuffle=False, verbose=0)
+    d = distill(regularized(), _teacher(teacher_weights), alpha=1.0)
+    d.compile(keras.optimizers.SGD(0.1), loss=SCCE(from_logits=True))
+    h_d = d.fit(x[:128], y[:128], batch_size=64, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h_d.history["loss"], h_alone.history["loss"], rtol=1e-5)
+    for a, b in zip(alone.get_weights(), d.student.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_teacher_runs_in_inference_mode(teacher_weights):
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Dropout(0.9)(keras.layers.Flatten()(inputs))
@@ -231,6 +262,18 @@ def test_bad_temperature(teacher_weights, temperature):
 def test_bad_alpha(teacher_weights, alpha):
     with pytest.raises(ValueError, match="`alpha` must be .*Received: alpha="):
         distill(make_mlp(), _teacher(teacher_weights), alpha=alpha)
+
+
+def test_numpy_scalars_are_accepted(teacher_weights):
+    d = distill(
+        make_mlp(),
+        _teacher(teacher_weights),
+        temperature=np.float32(2.0),
+        alpha=np.float32(0.25),
+        feature_weight=np.int64(2),
+    )
+    assert (d.temperature, d.alpha, d.feature_weight) == (2.0, 0.25, 2.0)
+    assert type(d.get_config()["alpha"]) is float  # JSON-serializable
 
 
 def test_bad_features(teacher_weights):

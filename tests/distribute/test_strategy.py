@@ -2,6 +2,7 @@
 
 import json
 import logging
+import types
 
 import keras
 import numpy as np
@@ -132,3 +133,55 @@ def test_workarounds_do_not_change_single_process_training(digits, two_cpus):
         assert got_loss == ref_loss
         for a, b in zip(ref_w, got_w):
             np.testing.assert_array_equal(a, b)
+
+
+def _fake_tpu_vm(monkeypatch):
+    """A TPU VM: only `TPUClusterResolver(tpu="local")` finds the TPU."""
+    calls = []
+
+    def resolver(tpu=None):
+        calls.append(tpu)
+        if tpu != "local":
+            raise ValueError("Please provide a TPU Name to connect to.")
+        return "local-resolver"
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", resolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda r: None)
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", lambda r: None)
+    monkeypatch.setattr(
+        tf.distribute,
+        "TPUStrategy",
+        lambda r: types.SimpleNamespace(resolver=r, num_replicas_in_sync=8),
+    )
+    return calls
+
+
+def test_tpu_vm_is_found_with_local(monkeypatch):
+    # Colab's TPU runtime is a TPU VM: `TPUClusterResolver()` raises there
+    # (googlecolab/colabtools#4637) and only `tpu="local"` connects.
+    calls = _fake_tpu_vm(monkeypatch)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    chosen = distribute.auto_strategy()
+    assert calls == [None, "local"]
+    assert chosen.resolver == "local-resolver"
+
+
+def test_multi_worker_cluster_does_not_probe_a_local_tpu(monkeypatch):
+    # The "local" probe initializes the eager context, after which a
+    # MultiWorkerMirroredStrategy cannot configure its collectives.
+    calls = _fake_tpu_vm(monkeypatch)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}}))
+    multi = types.SimpleNamespace(num_replicas_in_sync=2)
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: multi)
+    monkeypatch.setattr(strategy, "apply_keras_workarounds", lambda: [])
+    assert distribute.auto_strategy() is multi
+    assert calls == [None]
+
+
+@pytest.mark.parametrize(
+    "version, expected",
+    [("3.15.1", (3, 15, 1)), ("3.15.1rc0", (3, 15, 1)), ("3.16.0.dev2025", (3, 16, 0))],
+)
+def test_keras_version_parsing(monkeypatch, version, expected):
+    monkeypatch.setattr(multi_worker.keras, "version", lambda: version)
+    assert multi_worker._keras_version() == expected

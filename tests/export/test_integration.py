@@ -95,3 +95,19 @@ def test_distiller_exports_its_student(trained_cnn, digits, tmp_path):
     assert report.agreement == 1.0 and report.max_abs_error < 1e-4
     teacher_report = export_tflite(teacher, tmp_path / "teacher.tflite")
     assert report.bytes < teacher_report.bytes
+
+
+def test_channel_pruned_model_is_shrunk_before_export(trained_cnn, digits, tmp_path):
+    # Regression: PruneChannels wrappers were exported as they are, a file
+    # larger than the dense one instead of the smaller stripped model.
+    x_train, y_train, x_test, _ = digits
+    keras.utils.set_random_seed(0)
+    model = prune(trained_cnn, ConstantSparsity(0.5, 0, frequency=1), structure="channels")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train[:64], y_train[:64], epochs=1, batch_size=32, verbose=0)
+    report = export_tflite(model, tmp_path / "c.tflite", verification_data=x_test[:100])
+    assert any("PruneChannels" in note for note in report.notes)
+    assert report.agreement >= 0.99
+    stripped = export_tflite(strip_pruning(model), tmp_path / "s.tflite")
+    assert report.bytes == stripped.bytes
+    assert report.bytes < export_tflite(trained_cnn, tmp_path / "d.tflite").bytes

@@ -389,3 +389,62 @@ def test_multi_input_multi_output_model(digits, tmp_path):
     )
     assert report.int8_coverage == 1.0
     assert report.agreement >= 0.9, str(report)
+
+
+def test_numpy_numbers_are_accepted_as_arguments(cnn, digits, tmp_path):
+    # Regression: np.int64 / np.float32 were rejected as "not a number".
+    report = export_tflite(
+        cnn,
+        tmp_path / "m.tflite",
+        verification_data=digits[2],
+        max_samples=np.int64(40),
+        tolerance={"min_agreement": np.float32(0.99)},
+    )
+    assert report.num_samples == 40
+    with pytest.raises(ValueError, match="`max_samples` must be a positive integer"):
+        export_tflite(cnn, tmp_path / "b.tflite", max_samples=True)
+
+
+def test_nan_outputs_of_the_file_fail_max_error(cnn, digits, tmp_path, monkeypatch):
+    from tfaccel.export import tflite
+
+    # Regression: a NaN output was dropped by `max`, reported as error 0.
+    real = tflite._tflite_outputs
+
+    def nan_first(*args, **kwargs):
+        out = real(*args, **kwargs)
+        for value in out.values():
+            value[0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(tflite, "_tflite_outputs", nan_first)
+    with pytest.raises(VerificationError, match=r"max abs error inf > max_error"):
+        export_tflite(
+            cnn,
+            tmp_path / "m.tflite",
+            verification_data=digits[2][:20],
+            tolerance={"max_error": 1.0},
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_mixed_precision_model_with_mixed_layer_names(tmp_path):
+    # Regression: every string starting with "mixed_" was rewritten to
+    # "float32", layer names too, which broke the float32 copy's graph.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, name="mixed_1")(inputs)
+        outputs = keras.layers.Dense(3, dtype="float32", name="logits")(hidden)
+        model = keras.Model(inputs, outputs)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    x = np.random.default_rng(0).random((16, 4), dtype="float32")
+    report = export_tflite(model, tmp_path / "m.tflite", verification_data=x)
+    assert any("Mixed-precision model" in note for note in report.notes)
+    assert report.agreement == 1.0 and report.max_abs_error < 1e-5
+    # The same weights as the float16-computing model: close to its outputs.
+    np.testing.assert_allclose(
+        _run(report.path, x), np.asarray(model(x), "float32"), atol=2e-2
+    )

@@ -296,3 +296,67 @@ def test_prune_structure_channels_then_strip_shrinks(digits):
     )
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_failed_call_leaves_model_graph_untouched(cnn):
+    # Regression: a bad `layers` raised before the traced nodes were released,
+    # so the model's layers looked shared to every later graph walk.
+    counts = [len(layer._inbound_nodes) for layer in cnn.layers]
+    with pytest.raises(ValueError):
+        prune_channels(cnn, layers=[cnn.layers[-1].name])
+    assert [len(layer._inbound_nodes) for layer in cnn.layers] == counts
+    assert _wrappers(prune_channels(cnn, schedule=0.5))
+
+
+def test_layers_as_one_name_or_classes(cnn):
+    from tfaccel.pruning import prune
+
+    conv = next(x.name for x in cnn.layers if isinstance(x, keras.layers.Conv2D))
+    # Regression: a single name was split into characters.
+    assert [w.layer.name for w in _wrappers(prune_channels(cnn, layers=conv))] == [conv]
+    # Regression: `prune` documents layer classes; channels rejected them.
+    pruned = prune(cnn, structure="channels", layers=[keras.layers.Conv2D])
+    assert len(_wrappers(pruned)) == 2
+
+
+def test_sparsity_counts_channel_pruned_kernels(cnn):
+    from tfaccel.pruning import sparsity
+
+    pruned = prune_channels(cnn, schedule=0.5)
+    pruned(np.ones((1,) + tuple(cnn.input_shape[1:]), "float32"), training=True)
+    result = sparsity(pruned)
+    # Regression: the wrapped layers were missing from the result.
+    for wrapper in _wrappers(pruned):
+        assert result[f"{wrapper.layer.name}/kernel"] == pytest.approx(0.5)
+
+
+def test_mask_ranks_float32_weights_under_mixed_precision():
+    rng = np.random.default_rng(0)
+    # Filter norms closer than bfloat16 can tell apart.
+    kernel = (1.0 + 1e-4 * rng.permutation(16)[None, :]).astype("float32")
+    kernel = np.repeat(kernel, 4, axis=0)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        wrapper = PruneChannels(keras.layers.Dense(16), schedule=0.5)
+        wrapper.build((None, 4))
+        wrapper.layer.kernel.assign(kernel)
+        wrapper(np.ones((2, 4), "float32"), training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    mask = keras.ops.convert_to_numpy(wrapper.mask)
+    np.testing.assert_array_equal(mask, (kernel[0] >= np.median(kernel[0])).astype("float32"))
+
+
+def test_strip_warns_before_channel_schedule_end_step(cnn):
+    import tfaccel
+    from tfaccel._warnings import TfaccelWarning
+
+    pruned = tfaccel.prune(
+        cnn, tfaccel.schedules.PolynomialDecay(0.0, 0.5, 0, 100, frequency=10),
+        structure="channels",
+    )
+    pruned(np.ones((1,) + tuple(cnn.input_shape[1:]), "float32"), training=True)
+    # Regression: the unstructured path warned, the channel path did not.
+    with pytest.warns(TfaccelWarning, match=r"at step 1, end_step=100, target sparsity 0.5"):
+        tfaccel.strip_pruning(pruned)

@@ -55,6 +55,18 @@ def test_warns_when_schedule_outlasts_training(digits):
         model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[PruningSummary()])
 
 
+def test_warning_counts_only_the_epochs_fit_runs(digits):
+    x, y, _, _ = digits
+    model = _model(end_step=30)
+    # Regression: 3 epochs would run steps 0..65 (>= 30), but a fit resumed
+    # at initial_epoch=2 runs one epoch, steps 0..21 (< 30): it must warn.
+    with pytest.warns(TfaccelWarning, match=r"stops at step 21 \(starting at step 0, 1 epochs x 22"):
+        model.fit(
+            x, y, batch_size=64, epochs=3, initial_epoch=2, verbose=0,
+            callbacks=[PruningSummary()],
+        )
+
+
 class _no_tfaccel_warning:
     def __enter__(self):
         import warnings

@@ -164,3 +164,41 @@ def test_mirrored_replicas_agree(digits, two_cpus):
     np.testing.assert_allclose(
         model.predict(x[:64], verbose=0), plain.predict(x[:64], verbose=0), atol=1e-5
     )
+
+
+def test_masks_rank_float32_weights_under_mixed_precision():
+    from tfaccel.pruning import unstructured_mask
+
+    # Magnitudes closer than bfloat16 can tell apart, in shuffled order.
+    rng = np.random.default_rng(0)
+    kernel = (1.0 + 1e-4 * rng.permutation(64)).reshape(8, 8).astype("float32")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = PruneLowMagnitude(keras.layers.Dense(8), ConstantSparsity(0.5, frequency=1))
+        layer.build((None, 8))
+        layer.layer.kernel.assign(kernel)
+        layer(np.ones((2, 8), "float32"), training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    # Regression: the masks ranked the bfloat16 autocast, ties by index.
+    np.testing.assert_array_equal(
+        layer.masks[0].numpy(), unstructured_mask(kernel, 0.5).numpy()
+    )
+
+
+def test_activity_regularizer_loss_is_kept():
+    from tfaccel.pruning import prune_channels
+
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(4, activity_regularizer="l2", name="hidden"),
+        keras.layers.Dense(2),
+    ])
+    x = np.ones((2, 4), "float32")
+    model(x)
+    expected = float(model.losses[0])
+    # Regression: the substitution scope dropped the inner layer's losses.
+    for pruned in (prune(model, ConstantSparsity(0.0)), prune_channels(model, 0.0)):
+        pruned(x, training=True)
+        assert [float(loss) for loss in pruned.losses] == pytest.approx([expected])

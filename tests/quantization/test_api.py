@@ -313,3 +313,56 @@ def test_backup_and_restore_brings_ranges_back(tmp_path, cnn, digits):
     second.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[backup, check])
     assert check.seen == crash.saved
     assert all(v > 0 for v in crash.saved)
+
+
+def test_frozen_batch_norm_keeps_its_moving_statistics():
+    bn = keras.layers.BatchNormalization()
+    bn.trainable = False
+    wrapper = QuantizeWrapper(keras.layers.Conv2D(4, 3), batch_norm=bn)
+    x = np.random.default_rng(0).random((2, 5, 5, 2)).astype("float32") * 5
+    wrapper(x, training=True)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(4))
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), np.ones(4))
+    bn.trainable = True
+    wrapper(x, training=True)
+    assert np.any(bn.moving_mean.numpy() != 0.0)
+
+
+def test_skip_accepts_layers_and_whole_nested_models():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, name="first")
+    model = keras.Model(inputs, keras.layers.Dense(2)(dense(inputs)))
+    for skip in (dense, [dense]):
+        qat = quantize(model, skip=skip)
+        assert type(qat.get_layer("first")) is keras.layers.Dense
+        assert len(_layers_of(qat, QuantizeWrapper)) == 1
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3)], name="inner"
+    )
+    outer_in = keras.Input((4,))
+    model = keras.Model(outer_in, keras.layers.Dense(2)(inner(outer_in)))
+    qat = quantize(model, skip="inner")
+    assert not is_quantized(qat.get_layer("inner"))
+    assert len(_layers_of(qat, QuantizeWrapper)) == 1  # only the outer Dense
+    x = np.random.default_rng(0).random((3, 4)).astype("float32")
+    np.testing.assert_allclose(qat.get_layer("inner")(x), inner(x), atol=1e-6)
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ValueError, match="`calibration_batch_size` must be a positive"):
+        quantize(make_mlp(), calibration_data=np.zeros((2, 8, 8, 1)), calibration_batch_size=0)
+    qat = quantize(make_mlp())
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive.*=0"):
+        calibrate(qat, np.zeros((2, 8, 8, 1), "float32"), batch_size=0)
+
+
+def test_activity_regularizer_of_the_wrapped_layer_reaches_the_loss():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(2, activity_regularizer="l2")
+    model = keras.Model(inputs, dense(inputs))
+    qat = quantize(model, calibration_data=np.ones((3, 4), "float32"))
+    x = np.random.default_rng(0).random((3, 4)).astype("float32")
+    qat(x)
+    assert len(qat.losses) == 1
+    model(x)
+    np.testing.assert_allclose(qat.losses[0], model.losses[0], rtol=0.05)

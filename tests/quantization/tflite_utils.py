@@ -1,8 +1,8 @@
 """Convert with the TFLite converter and read the file back (test helper).
 
-Until `tfaccel.export` lands the tests convert directly: `Optimize.DEFAULT`
-and no representative data set, so every int8 scale comes from the QAT
-model's fake-quant ops.
+The QAT tests convert with the bare converter, not `tfaccel.export`, so they
+test `quantize` alone: `Optimize.DEFAULT` and no representative data set, so
+every int8 scale comes from the QAT model's fake-quant ops.
 """
 
 import numpy as np
@@ -53,7 +53,7 @@ def float_ops(it):
     return bad
 
 
-def predict_int8(it, x, batch=1):
+def predict_int8(it, x):
     """Run an int8-in/int8-out model over `x`, returning dequantized outputs."""
     inp = it.get_input_details()[0]
     out = it.get_output_details()[0]

@@ -13,16 +13,10 @@ __all__ = ["PruningSummary"]
 
 
 def _wrappers(model):
+    from tfaccel.pruning.prune import _walk
     from tfaccel.pruning.wrapper import PruneLowMagnitude
 
-    def walk(layers):
-        for layer in layers:
-            if isinstance(layer, PruneLowMagnitude):
-                yield layer
-            elif isinstance(layer, keras.Model):
-                yield from walk(layer.layers)
-
-    return list(walk(model.layers))
+    return [layer for layer in _walk(model) if isinstance(layer, PruneLowMagnitude)]
 
 
 class PruningSummary(keras.callbacks.Callback):
@@ -31,9 +25,10 @@ class PruningSummary(keras.callbacks.Callback):
     Reporting only: pruning is exact without this callback. At the end of
     each epoch it adds `sparsity/<layer>/<weight>` entries to `logs` (so they
     appear in `History`) and, with `log_dir`, writes them as TensorBoard
-    scalars. At the start of training it warns (`TfaccelWarning`) when a
-    schedule's `end_step` lies beyond the last step `fit` will run, since the
-    final sparsity would then never be reached.
+    scalars. At the first epoch `fit` runs it warns (`TfaccelWarning`) when a
+    schedule's `end_step` lies beyond the last step this `fit` will run
+    (counting from `initial_epoch`), since the final sparsity would then
+    never be reached.
 
     Example:
 
@@ -51,13 +46,24 @@ class PruningSummary(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = log_dir
         self._writer = None
+        self._checked = True
 
     def on_train_begin(self, logs=None):
-        wrappers = _wrappers(self.model)
-        epochs = self.params.get("epochs") if self.params else None
-        steps = self.params.get("steps") if self.params else None
-        if not wrappers or not epochs or not steps:
+        self._checked = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Checked at the first epoch `fit` runs, not at train begin: `epoch`
+        # is then known (`initial_epoch`, or the one `BackupAndRestore`
+        # resumes at, after it restored the step counters).
+        if self._checked:
             return
+        self._checked = True
+        wrappers = _wrappers(self.model)
+        total = self.params.get("epochs") if self.params else None
+        steps = self.params.get("steps") if self.params else None
+        if not wrappers or not total or not steps:
+            return
+        epochs = total - epoch
         for wrapper in wrappers:
             schedule = wrapper.schedule
             start = int(wrapper.pruning_step.numpy())

@@ -16,12 +16,15 @@ Keras 3.15.1:
   `Distiller` leaves a string hard-label loss unscaled, so its gradients are
   summed, not averaged, over replicas);
 - sample weights on the hard-label and soft-target terms;
+- the student's regularization losses (`student.losses`), which Keras'
+  `Distiller` drops;
 - opt-in teacher-output caching (`cache_teacher=True`, see `cache.py`);
 - a serialized compile config, so a loaded distiller is compiled again.
 """
 
 from __future__ import annotations
 
+import numbers
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -58,7 +61,7 @@ def _stash_take(owner: object, y_pred: Any) -> dict | None:
 
 
 def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise ValueError(
             f"`alpha` must be a number in [0, 1]. Received: alpha={alpha!r}"
         )
@@ -155,6 +158,7 @@ class Distiller(keras.distillation.Distiller):
         alpha * hard(y, s) + (1 - alpha) * (
             T**2 * KL(softmax(t / T) || softmax(s / T))
             + feature_weight * sum_i mse(P_i(f_i^s), f_i^t))
+        + sum(student.losses)
 
     where `s`, `t` are student and teacher logits, `hard` is the loss given to
     `compile` (e.g. sparse categorical cross-entropy from logits), `f^s`,
@@ -194,7 +198,7 @@ class Distiller(keras.distillation.Distiller):
         temperature = _check_temperature(temperature)
         alpha = _check_alpha(alpha)
         if isinstance(feature_weight, bool) or not (
-            isinstance(feature_weight, (int, float)) and feature_weight >= 0
+            isinstance(feature_weight, numbers.Real) and feature_weight >= 0
         ):
             raise ValueError(
                 "`feature_weight` must be a number >= 0. Received: "
@@ -370,6 +374,11 @@ class Distiller(keras.distillation.Distiller):
                     soft = soft + weight * hint
 
         total = self.alpha * hard + (1.0 - self.alpha) * soft
+        # Regularizers and `add_loss` terms of the student, as Keras'
+        # `Model.compute_loss` adds them (Keras' `Distiller` drops them).
+        extra = [ops.sum(ops.cast(loss, "float32")) for loss in self.student.losses]
+        if extra:
+            total = total + ops.sum(ops.stack(extra))
         self.student_loss_tracker.update_state(hard)
         self.distillation_loss_tracker.update_state(soft)
         self.total_loss_tracker.update_state(total)
@@ -468,6 +477,7 @@ def distill(
         + (1 - alpha) * [T**2 * KL(softmax(teacher_logits / T)
                                    || softmax(student_logits / T))
                          + feature_weight * sum of hint MSEs]
+        + the student's regularization losses (`student.losses`)
 
     `hard_loss` is the `loss` given to `compile`. Both models must output
     *logits* of the same shape. The teacher is frozen and always runs in

@@ -13,12 +13,14 @@ and computes the same quantity with `log_softmax`, exactly and per sample.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 from keras import ops
 
 
 def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(
             "`temperature` must be a positive number. "
             f"Received: temperature={temperature!r}"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 import keras
 import tensorflow as tf
@@ -59,7 +60,8 @@ _originals: dict[str, tuple[object, str, object]] = {}
 def _keras_version() -> tuple[int, int, int]:
     parts = []
     for piece in keras.version().split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        # Leading digits only: "1rc0" is 1 (a pre-release of x.y.1), not 10.
+        digits = re.match(r"\d*", piece).group()
         parts.append(int(digits or 0))
     while len(parts) < 3:
         parts.append(0)

@@ -28,18 +28,32 @@ def _multi_worker_cluster() -> bool:
     return tasks > 1
 
 
-def _connect_tpu(tpu: str | None) -> tf.distribute.Strategy | None:
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        # No TPU found (the resolver raises ValueError) or it is unreachable.
-        if tpu is not None:
-            raise
-        _log.debug("No TPU: %s", error)
-        return None
-    return tf.distribute.TPUStrategy(resolver)
+def _connect_tpu(tpu: str | None, try_local: bool) -> tf.distribute.Strategy | None:
+    # `tpu=None` resolves a TPU named in the environment (`TPU_NAME`, a TPU
+    # node); a TPU VM (Colab's current TPU runtime, Cloud TPU VMs) names none
+    # and needs `tpu="local"`. Off-TPU the "local" attempt fails fast (no
+    # kernel to configure a TPU) but initializes the eager context, after
+    # which a `MultiWorkerMirroredStrategy` can no longer be created: hence
+    # `try_local=False` when `TF_CONFIG` describes a cluster.
+    if tpu is not None:
+        candidates = [tpu]
+    else:
+        candidates = [None, "local"] if try_local else [None]
+    for candidate in candidates:
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu=candidate
+            )
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            # No TPU found (the resolver raises ValueError) or it is unreachable.
+            if tpu is not None:
+                raise
+            _log.debug("No TPU (tpu=%r): %s", candidate, error)
+            continue
+        return tf.distribute.TPUStrategy(resolver)
+    return None
 
 
 def auto_strategy(tpu: str | None = None) -> tf.distribute.Strategy:
@@ -48,7 +62,8 @@ def auto_strategy(tpu: str | None = None) -> tf.distribute.Strategy:
     Tried in order, the first that applies wins, and the choice is logged on
     the `tfaccel.distribute` logger:
 
-    1. a TPU (`TPUClusterResolver`, connect, initialize): `TPUStrategy`;
+    1. a TPU (`TPUClusterResolver`, connect, initialize): `TPUStrategy`
+       (a TPU named in the environment, else a TPU VM's own, `tpu="local"`);
     2. a multi-worker cluster in `TF_CONFIG` (more than one chief/worker):
        `MultiWorkerMirroredStrategy`, after
        `tfaccel.distribute.apply_keras_workarounds()` (Keras 3 cannot run
@@ -68,21 +83,24 @@ def auto_strategy(tpu: str | None = None) -> tf.distribute.Strategy:
     True
 
     Args:
-        tpu: TPU name or address for `TPUClusterResolver` (`None` detects a
-            Colab/Cloud TPU from the environment). When given, failing to
-            reach it raises instead of falling back.
+        tpu: TPU name or address for `TPUClusterResolver`, or `"local"` for
+            a TPU VM. `None` detects a TPU named in the environment, then
+            (unless `TF_CONFIG` describes a multi-worker cluster) the TPU of
+            this VM (Colab, Cloud TPU VM). When given, failing to reach it
+            raises instead of falling back.
 
     Returns:
         A `tf.distribute.Strategy`.
     """
-    strategy = _connect_tpu(tpu)
+    multi_worker = _multi_worker_cluster()
+    strategy = _connect_tpu(tpu, try_local=not multi_worker)
     if strategy is not None:
         _log.info(
             "auto_strategy: TPUStrategy with %d cores.",
             strategy.num_replicas_in_sync,
         )
         return strategy
-    if _multi_worker_cluster():
+    if multi_worker:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         applied = apply_keras_workarounds()
         _log.info(

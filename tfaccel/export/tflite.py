@@ -1,10 +1,10 @@
 """`export_tflite`: convert a Keras model to TFLite, verify it, write it.
 
 One call accepts every model tfaccel produces: a float model, a pruned model
-(its `PruneLowMagnitude` wrappers are stripped first), a quantization-aware
-model from `tfaccel.quantization.quantize` (int8 without representative
-data: its fake-quant ranges are learned), a combination of both, and a
-`keras.distillation.Distiller` (its student is exported).
+(its `PruneLowMagnitude` / `PruneChannels` wrappers are stripped first), a
+quantization-aware model from `tfaccel.quantization.quantize` (int8 without
+representative data: its fake-quant ranges are learned), a combination of
+both, and a `keras.distillation.Distiller` (its student is exported).
 
 Verification is part of export, not an afterthought: the converted bytes are
 written to a temporary file next to `path`, that file is run with LiteRT's
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import numbers
 import os
 import stat
 import tempfile
@@ -75,7 +76,7 @@ def _check_tolerance(tolerance: Any) -> dict[str, float]:
         )
     checked = {}
     for key, value in tolerance.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(
                 f"Argument `tolerance['{key}']` must be a number. Received: {value!r}"
             )
@@ -143,35 +144,42 @@ def _unwrap_student(model, notes: list[str]):
 
 
 def _strip_pruning(model, notes: list[str]):
-    try:
-        from tfaccel.pruning import PruneLowMagnitude, strip_pruning
-    except ImportError:  # pruning not installed alongside this module
-        return model
-    wrapped = [
-        layer for layer in _all_layers(model) if isinstance(layer, PruneLowMagnitude)
-    ]
-    if not wrapped:
-        return model
-    notes.append(
-        f"Stripped {len(wrapped)} PruneLowMagnitude wrapper(s) before "
-        "conversion; pruned weights are stored dense (zeros compress: see "
-        "gzip_bytes)."
-    )
-    return strip_pruning(model)
+    from tfaccel.pruning import PruneChannels, PruneLowMagnitude, strip_pruning
+
+    layers = _all_layers(model)
+    wrapped = [layer for layer in layers if isinstance(layer, PruneLowMagnitude)]
+    channels = [layer for layer in layers if isinstance(layer, PruneChannels)]
+    if channels:
+        # strip_pruning rebuilds a channel-pruned model smaller (`shrink`).
+        notes.append(
+            f"Stripped {len(channels)} PruneChannels wrapper(s) before "
+            "conversion; masked channels are removed (a smaller model)."
+        )
+    if wrapped:
+        notes.append(
+            f"Stripped {len(wrapped)} PruneLowMagnitude wrapper(s) before "
+            "conversion; pruned weights are stored dense (zeros compress: see "
+            "gzip_bytes)."
+        )
+    return strip_pruning(model) if wrapped or channels else model
 
 
-def _float32_policies(config):
-    """`config` with every mixed-precision dtype policy replaced by float32."""
+def _float32_policies(config, key: str | None = None):
+    """`config` with every mixed-precision dtype policy replaced by float32.
+
+    A plain string is a policy only as a `dtype` value: layer names such as
+    "mixed_1" must stay (the functional config refers to layers by name).
+    """
     if isinstance(config, dict):
         if (
             config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
             and str(config.get("config", {}).get("name", "")).startswith("mixed_")
         ):
             return {**config, "config": {**config["config"], "name": "float32"}}
-        return {k: _float32_policies(v) for k, v in config.items()}
+        return {k: _float32_policies(v, k) for k, v in config.items()}
     if isinstance(config, list):
-        return [_float32_policies(v) for v in config]
-    if isinstance(config, str) and config.startswith("mixed_"):
+        return [_float32_policies(v, key) for v in config]
+    if key == "dtype" and isinstance(config, str) and config.startswith("mixed_"):
         return "float32"
     return config
 
@@ -205,10 +213,8 @@ def _as_float32(model, notes: list[str]):
 
 
 def _is_quantized(model) -> bool:
-    try:
-        from tfaccel.quantization import is_quantized
-    except ImportError:
-        return False
+    from tfaccel.quantization import is_quantized
+
     return bool(is_quantized(model))
 
 
@@ -327,6 +333,10 @@ def _verify(file: str, model, inputs: list[np.ndarray]) -> dict[str, Any]:
         have = got[key].reshape(want.shape)
         want = want.astype(np.float32)
         diff = np.abs(have - want)
+        # A NaN on one side is an infinite error (`max` would skip it);
+        # equal values (the same inf, NaN on both sides) are no error.
+        diff[np.isnan(diff)] = np.inf
+        diff[(have == want) | (np.isnan(have) & np.isnan(want))] = 0.0
         max_err = max(max_err, float(diff.max()) if diff.size else 0.0)
         abs_sum += float(diff.sum())
         count += diff.size
@@ -380,7 +390,8 @@ def export_tflite(
     """Convert a Keras model to a TFLite file, check it, and report on it.
 
     The model may be a plain float model, a pruned model (its
-    `PruneLowMagnitude` wrappers are stripped first), a model returned by
+    `PruneLowMagnitude` wrappers are stripped first, `PruneChannels` ones
+    by `strip_pruning`'s rebuild of a smaller model), a model returned by
     `tfaccel.quantization.quantize` (exported as int8 from its learned
     ranges, no representative data needed), both, or a
     `keras.distillation.Distiller` (its `student` is exported).
@@ -453,11 +464,16 @@ def export_tflite(
             "Argument `tolerance` needs verify=True. Received: "
             f"tolerance={dict(tolerance)!r} with verify=False"
         )
-    if not isinstance(max_samples, int) or max_samples < 1:
+    if (
+        isinstance(max_samples, bool)
+        or not isinstance(max_samples, numbers.Integral)
+        or max_samples < 1
+    ):
         raise ValueError(
             "Argument `max_samples` must be a positive integer. "
             f"Received: max_samples={max_samples!r}"
         )
+    max_samples = int(max_samples)
     path = os.fspath(path)
 
     notes: list[str] = []

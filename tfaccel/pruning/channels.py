@@ -45,7 +45,7 @@ import numpy as np
 from keras import ops
 
 from tfaccel._graph import as_functional
-from tfaccel._substitute import substitute
+from tfaccel._substitute import full_precision, substitute
 
 __all__ = ["PruneChannels", "prune_channels", "channel_fractions"]
 
@@ -242,7 +242,9 @@ class PruneChannels(keras.layers.Wrapper):
             # step 0 masks from the first batch.
             step = ops.convert_to_tensor(self.step)
             should_prune, fraction = self._fraction(step)
-            mask = ops.where(should_prune, self.compute_mask_from(fraction), self.mask)
+            with full_precision():  # score float32 weights, not their autocast
+                new_mask = self.compute_mask_from(fraction)
+            mask = ops.where(should_prune, new_mask, self.mask)
             self.mask.assign(mask)
             self.step.assign(step + 1)
         else:
@@ -260,7 +262,7 @@ class PruneChannels(keras.layers.Wrapper):
                     self.layer.bias * ops.cast(mask, self.layer.bias.dtype),
                 )
             )
-        with substitute(mapping):
+        with substitute(mapping, owner=self.layer):
             outputs = self.layer(inputs)
         if self.norm is not None:
             outputs = self.norm(outputs, training=training)
@@ -601,8 +603,8 @@ def prune_channels(
     rest of the masked ones. A `BatchNormalization` that directly follows a
     wrapped layer is fused into its `PruneChannels` wrapper.
 
-    The returned model shares the original layers' weights (the original
-    layers are reused inside the wrappers).
+    `model` is not modified: the returned model holds copies of its layers,
+    starting from its weights.
 
     Example:
 
@@ -622,7 +624,8 @@ def prune_channels(
             `tfaccel.schedules` schedule (`step -> (should_prune, fraction)`).
         criterion: `"l1"`, `"l2"` or `"bn_gamma"` (layers without a fused
             BatchNormalization fall back to `"l1"`).
-        layers: names of layers to prune, or a predicate on layers.
+        layers: a layer name or a list of names of layers to prune, or a
+            predicate `layer -> bool`.
         budget: `"layer"` (every layer masks `fraction` of its channels) or
             `"global"` (rank all channels together, float `schedule` only).
 
@@ -646,88 +649,93 @@ def prune_channels(
             "budget='global' needs a float `schedule` (the global fraction). "
             f"Received: schedule={schedule!r}"
         )
+    if isinstance(layers, str):
+        layers = [layers]
     analysis = GraphAnalysis(model, _is_prunable).run()
-    graph_layers = [
-        analysis.producer_of.get(id(keras.tree.flatten(out)[0]))
-        for calls in analysis.calls.values()
-        for _, out in calls[:1]
-    ]
-    names = {layer.name for layer in graph_layers if layer is not None}
-    if layers is not None and not callable(layers):
-        layers = list(layers)
-        unknown = sorted(set(layers) - names)
-        if unknown:
-            raise ValueError(
-                f"`layers` names layers that are not in the model: {unknown}. "
-                f"Received: layers={layers}"
-            )
-    chosen = {}
-    for layer in graph_layers:
-        if layer is None or not _is_prunable(layer):
-            if (
-                layers is not None
-                and not callable(layers)
-                and layer is not None
-                and layer.name in layers
-            ):
+    try:
+        graph_layers = [
+            analysis.producer_of.get(id(keras.tree.flatten(out)[0]))
+            for calls in analysis.calls.values()
+            for _, out in calls[:1]
+        ]
+        names = {layer.name for layer in graph_layers if layer is not None}
+        if layers is not None and not callable(layers):
+            layers = list(layers)
+            unknown = sorted(set(layers) - names)
+            if unknown:
                 raise ValueError(
-                    f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
-                    "channel-pruned: only Conv1D/Conv2D/Conv3D/Dense layers "
-                    "produce prunable channels."
+                    f"`layers` names layers that are not in the model: {unknown}. "
+                    f"Received: layers={layers}"
                 )
-            continue
-        explicit = layers is not None and (
-            layers(layer) if callable(layers) else layer.name in layers
-        )
-        if layers is not None and not explicit:
-            continue
-        reasons = analysis.reasons(layer)
-        if reasons:
-            if explicit:
-                raise ValueError(
-                    f"Layer {layer.name!r} cannot be channel-pruned because its "
-                    f"output channels reach a layer that cannot be shrunk: "
-                    + "; ".join(reasons)
-                )
-            continue
-        others, pinned = analysis.group_members(layer)
-        if not explicit and (others or pinned):
-            continue
-        chosen[id(layer)] = layer
-    norm_of, fused = {}, set()
-    for layer in chosen.values():
-        norm = _fusable_norm(analysis, layer)
-        norm_of[id(layer)] = norm
-        if norm is not None:
-            fused.add(id(norm))
-    wrappers: dict[int, PruneChannels] = {}
-
-    copies = []  # (original, copy): the pruned model owns fresh layers
-
-    def copy(layer):
-        new = layer.__class__.from_config(layer.get_config())
-        copies.append((layer, new))
-        return new
-
-    def call(layer, *args, **kwargs):
-        if id(layer) in chosen:
-            norm = norm_of[id(layer)]
-            wrapper = PruneChannels(
-                copy(layer),
-                schedule=schedule,
-                criterion=criterion
-                if (criterion != "bn_gamma" or norm is not None)
-                else "l1",
-                norm=None if norm is None else copy(norm),
-                name=f"{layer.name}_channels",
+        chosen = {}
+        for layer in graph_layers:
+            if layer is None or not _is_prunable(layer):
+                if (
+                    layers is not None
+                    and not callable(layers)
+                    and layer is not None
+                    and layer.name in layers
+                ):
+                    raise ValueError(
+                        f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
+                        "channel-pruned: only Conv1D/Conv2D/Conv3D/Dense layers "
+                        "produce prunable channels."
+                    )
+                continue
+            explicit = layers is not None and (
+                layers(layer) if callable(layers) else layer.name in layers
             )
-            wrappers[id(layer)] = wrapper
-            return wrapper(*args, **kwargs)
-        if id(layer) in fused:
-            return args[0]
-        return copy(layer)(*args, **kwargs)
+            if layers is not None and not explicit:
+                continue
+            reasons = analysis.reasons(layer)
+            if reasons:
+                if explicit:
+                    raise ValueError(
+                        f"Layer {layer.name!r} cannot be channel-pruned because its "
+                        f"output channels reach a layer that cannot be shrunk: "
+                        + "; ".join(reasons)
+                    )
+                continue
+            others, pinned = analysis.group_members(layer)
+            if not explicit and (others or pinned):
+                continue
+            chosen[id(layer)] = layer
+        norm_of, fused = {}, set()
+        for layer in chosen.values():
+            norm = _fusable_norm(analysis, layer)
+            norm_of[id(layer)] = norm
+            if norm is not None:
+                fused.add(id(norm))
+        wrappers: dict[int, PruneChannels] = {}
 
-    analysis.release()
+        copies = []  # (original, copy): the pruned model owns fresh layers
+
+        def copy(layer):
+            new = layer.__class__.from_config(layer.get_config())
+            copies.append((layer, new))
+            return new
+
+        def call(layer, *args, **kwargs):
+            if id(layer) in chosen:
+                norm = norm_of[id(layer)]
+                wrapper = PruneChannels(
+                    copy(layer),
+                    schedule=schedule,
+                    criterion=criterion
+                    if (criterion != "bn_gamma" or norm is not None)
+                    else "l1",
+                    norm=None if norm is None else copy(norm),
+                    name=f"{layer.name}_channels",
+                )
+                wrappers[id(layer)] = wrapper
+                return wrapper(*args, **kwargs)
+            if id(layer) in fused:
+                return args[0]
+            return copy(layer)(*args, **kwargs)
+    finally:
+        # Tracing added nodes to `model`'s layers; remove them even when a
+        # bad argument raises, or the layers would look shared afterwards.
+        analysis.release()
     pruned = keras.models.clone_model(
         analysis.model, clone_function=lambda layer: layer, call_function=call
     )

@@ -137,13 +137,16 @@ def prune(
             f"Received: schedule={schedule!r}"
         )
     if structure == "channels":
-        # Channel pruning shares the wrapped layers with the model it is
-        # given; hand it a copy so `model` stays untouched.
+        # `prune_channels` copies the layers it rebuilds: `model` is untouched.
         from tfaccel.pruning.channels import prune_channels
 
-        copy = keras.models.clone_model(model, recursive=True)
-        copy.set_weights(model.get_weights())
-        return prune_channels(copy, schedule=schedule, layers=layers)
+        if isinstance(layers, type) or (
+            isinstance(layers, (list, tuple, set))
+            and any(isinstance(item, type) for item in layers)
+        ):
+            # Layer classes (accepted here, not by `prune_channels`).
+            layers = _selector(layers)
+        return prune_channels(model, schedule=schedule, layers=layers)
     parse_structure(structure)
     selected = _selector(layers)
     matched, wrapped, pairs = [], [], []
@@ -190,8 +193,9 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     Every `PruneLowMagnitude` is replaced by its inner layer holding the
     masked weights; predictions are identical. A model pruned with
     `structure="channels"` is rebuilt smaller instead (`shrink`): pruned
-    filters and the matching input channels of their consumers are removed. Warns (`TfaccelWarning`) when
-    a wrapper's schedule has not reached its `end_step`.
+    filters and the matching input channels of their consumers are removed.
+    Warns (`TfaccelWarning`) when a wrapper's schedule (unstructured, N:M or
+    channels) has not reached its `end_step`.
 
     Example:
 
@@ -209,9 +213,11 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     _check_model(model)
     from tfaccel.pruning.channels import PruneChannels
 
-    if any(isinstance(layer, PruneChannels) for layer in _walk(model)):
+    channel_wrappers = [x for x in _walk(model) if isinstance(x, PruneChannels)]
+    if channel_wrappers:
         from tfaccel.pruning.shrink import shrink
 
+        _warn_unfinished(channel_wrappers)
         return shrink(model)
     pairs, baked = [], []
 
@@ -240,16 +246,26 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     return new_model
 
 
-def _warn_unfinished(wrappers: list[PruneLowMagnitude]) -> None:
+def _warn_unfinished(wrappers: list) -> None:
+    """Warn about `PruneLowMagnitude`/`PruneChannels` stripped too early."""
     lines = []
     for wrapper in wrappers:
         schedule = wrapper.schedule
-        step = int(wrapper.pruning_step.numpy())
+        if not isinstance(schedule, PruningSchedule):
+            continue  # a channel wrapper's fixed fraction: reached at once
+        if isinstance(wrapper, PruneLowMagnitude):
+            step = int(wrapper.pruning_step.numpy())
+        else:
+            step = int(wrapper.step.numpy())
         # The last training call saw step `step - 1`.
         if schedule.end_step >= 0 and step - 1 < schedule.end_step:
-            reached = ", ".join(
-                f"{k}={v:.4f}" for k, v in wrapper.get_sparsity().items()
-            )
+            if isinstance(wrapper, PruneLowMagnitude):
+                reached = ", ".join(
+                    f"{k}={v:.4f}" for k, v in wrapper.get_sparsity().items()
+                )
+            else:
+                masked = float(np.mean(wrapper.mask.numpy() == 0))
+                reached = f"masked channels={masked:.4f}"
             lines.append(
                 f"layer '{wrapper.name}' at step {step}, end_step="
                 f"{schedule.end_step}, target sparsity "
@@ -276,8 +292,9 @@ def _walk(model):
 def sparsity(model: keras.Model) -> dict[str, float]:
     """Fraction of exact zeros of every prunable weight, by weight key.
 
-    Works on wrapped models (counts zeros of `weight * mask`) and plain or
-    stripped ones; keys (`"layer_name/weight_name"`) are the same for both.
+    Works on wrapped models (counts zeros of `weight * mask`, including the
+    kernels of channel-pruned layers) and plain or stripped ones; keys
+    (`"layer_name/weight_name"`) are the same for both.
 
     Example:
 
@@ -295,10 +312,17 @@ def sparsity(model: keras.Model) -> dict[str, float]:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
+    from tfaccel.pruning.channels import PruneChannels
+
     result = {}
     for layer in _walk(model):
         if isinstance(layer, PruneLowMagnitude):
             result.update(layer.get_sparsity())
+        elif isinstance(layer, PruneChannels):
+            # Masked output channels are zeros of the kernel the layer uses.
+            kernel = layer.layer.kernel
+            value = kernel.numpy() * layer.mask.numpy()
+            result[weight_key(layer.layer, kernel)] = float(np.mean(value == 0))
         elif layer.built and is_prunable(layer):
             for variable, _ in prunable_weights(layer):
                 value = variable.numpy()

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfaccel._substitute import substitute
+from tfaccel._substitute import full_precision, substitute
 from tfaccel.pruning.masks import nm_mask, parse_structure, unstructured_mask
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
 from tfaccel.schedules import ConstantSparsity, PruningSchedule
@@ -156,7 +156,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         should_prune, sparsity = self.schedule(self.pruning_step)
 
         def prune():
-            new = self._new_masks(sparsity)
+            # Rank the float32 weights, not their bfloat16/float16 autocast
+            # (mixed precision would tie and misorder close magnitudes).
+            with full_precision():
+                new = self._new_masks(sparsity)
             for mask, value in zip(self.masks, new):
                 mask.assign(value)
             return tf.constant(True)
@@ -171,7 +174,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             (variable, variable * keras.ops.cast(mask, variable.dtype))
             for (variable, _), mask in zip(self._pruned, self.masks)
         ]
-        with substitute(mapping, tracked=self.layer.variables):
+        with substitute(mapping, tracked=self.layer.variables, owner=self.layer):
             return self.layer(inputs, *args, training=training, **kwargs)
 
     def masked_weights(self) -> list[tuple[keras.Variable, np.ndarray]]:

@@ -208,7 +208,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
     applied and the output fake-quantized. In training the moving statistics
     keep updating from the batch statistics of the folded output divided by
     the fold scale, so no second convolution runs (averaged across replicas
-    under `tf.distribute`, like a synchronized BatchNorm). The wrapped layer computes
+    under `tf.distribute`, like a synchronized BatchNorm; a BatchNorm with
+    `trainable=False` keeps its statistics, as in Keras). The wrapped layer computes
     with the folded kernel through `tfaccel._substitute.substitute`, so
     gradients reach its variables (and the BatchNorm's gamma and beta).
 
@@ -320,11 +321,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
             mapping.append((self.layer.bias, folded_bias))
         elif folded_bias is not None:
             add_bias = True
-        with substitute(mapping):
+        with substitute(mapping, owner=self.layer):
             y = self.layer(inputs)
         if add_bias:
             y = y + ops.cast(folded_bias, y.dtype)
-        if training and self.batch_norm is not None:
+        # A frozen BatchNormalization keeps its statistics, as in Keras.
+        if training and self.batch_norm is not None and self.batch_norm.trainable:
             with full_precision():
                 self._update_moving_statistics(y, folded_bias, scale)
         if self.activation == "relu":

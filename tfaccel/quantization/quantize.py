@@ -40,7 +40,11 @@ def _skip_predicate(skip: SkipSpec) -> Callable[[keras.layers.Layer], bool]:
     items = [skip] if isinstance(skip, (str, type)) or callable(skip) else list(skip)
     names, classes, predicates = set(), [], []
     for item in items:
-        if isinstance(item, str):
+        if isinstance(item, keras.layers.Layer):
+            # A layer is callable too: match it by name, not as a predicate
+            # (the model may be rewritten first, e.g. pruning stripped).
+            names.add(item.name)
+        elif isinstance(item, str):
             names.add(item)
         elif isinstance(item, type):
             classes.append(item)
@@ -48,7 +52,7 @@ def _skip_predicate(skip: SkipSpec) -> Callable[[keras.layers.Layer], bool]:
             predicates.append(item)
         else:
             raise ValueError(
-                "`skip` entries must be layer names, layer classes or "
+                "`skip` entries must be layer names, layers, layer classes or "
                 f"predicates `fn(layer) -> bool`. Received: {item!r}"
             )
     classes = tuple(classes)
@@ -64,10 +68,8 @@ def _skip_predicate(skip: SkipSpec) -> Callable[[keras.layers.Layer], bool]:
 
 
 def _strip_pruning(model):
-    try:
-        from tfaccel.pruning import PruneLowMagnitude, strip_pruning
-    except ImportError:
-        return model
+    from tfaccel.pruning import PruneLowMagnitude, strip_pruning
+
     if any(isinstance(layer, PruneLowMagnitude) for layer in _all_layers(model)):
         return strip_pruning(model)
     return model
@@ -80,11 +82,10 @@ def _all_layers(model):
 class _Planner:
     """Decides, per original layer, what replaces it in the QAT graph."""
 
-    def __init__(self, skip, ema_decay):
+    def __init__(self, skip):
         self.skip = skip
-        self.ema_decay = ema_decay
         self.fused: dict[int, keras.layers.Layer] = {}  # follower -> kernel layer
-        self.followers: dict[int, tuple] = {}  # kernel layer -> (bn, act, act_layer)
+        self.followers: dict[int, tuple] = {}  # kernel layer -> (bn, act, own act)
         self.kinds: dict[int, str] = {}
         self.errors: list[str] = []
 
@@ -93,12 +94,10 @@ class _Planner:
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
-            if isinstance(layer, keras.Model):
-                if isinstance(layer, keras.Sequential):
-                    layer = _graph.as_functional(layer)
-                self.plan(_graph.as_functional(layer))
-                continue
             if id(layer) in self.fused:
+                continue
+            if isinstance(layer, keras.Model) and not self.skip(layer):
+                self.plan(_graph.as_functional(layer))
                 continue
             if self.skip(layer):
                 # Quantize a float layer's output only where a quantized op
@@ -196,13 +195,15 @@ def quantize(
             iterable of batches; `(x, y)` pairs are fine) run once through the
             new model to set every activation range, so that it is usable
             before training.
-        skip: layers to keep float: names, classes, predicates `fn(layer)`,
-            or a list of them. Their weights are not fake-quantized; their
-            output gets an activation quantizer only where a quantized op
-            reads it. A skipped run of layers at the end of the model stays
-            float in the TFLite file (DEQUANTIZE before it); a skipped layer
-            between two quantized ops has int8 scales on both sides, and the
-            converter may still quantize it unless the export denylists it.
+        skip: layers to keep float: names, layers (matched by name),
+            classes, predicates `fn(layer)`, or a list of them; a skipped
+            nested model stays float as a whole. Their weights are not
+            fake-quantized; their output gets an activation quantizer only
+            where a quantized op reads it. A skipped run of layers at the
+            end of the model stays float in the TFLite file (DEQUANTIZE
+            before it); a skipped layer between two quantized ops has int8
+            scales on both sides, and the converter may still quantize it
+            unless the export denylists it.
         ema_decay: decay of the moving average of activation ranges.
         calibration_batch_size: batch size used to split a numpy
             `calibration_data`.
@@ -214,10 +215,11 @@ def quantize(
         ValueError: if a layer cannot be quantized (its name and class are
             given, with how to skip it), or the model is subclassed.
     """
+    _check_batch_size(calibration_batch_size, "calibration_batch_size")
     model = _strip_pruning(model)
     functional = _graph.as_functional(model)
     skip_fn = _skip_predicate(skip)
-    planner = _Planner(skip_fn, ema_decay)
+    planner = _Planner(skip_fn)
     planner.plan(functional)
     if planner.errors:
         listed = "; ".join(planner.errors)
@@ -233,7 +235,7 @@ def quantize(
     own_activations: dict[int, str] = {}  # wrapper -> activation run after it
 
     def clone_function(layer):
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, keras.Model) and id(layer) not in planner.kinds:
             # Recurse by hand: clone_model(recursive=True) would clone a
             # nested Sequential without `call_function`.
             return keras.models.clone_model(
@@ -342,6 +344,11 @@ def quantize(
     return new_model
 
 
+def _check_batch_size(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
 def _batches(data, batch_size):
     if isinstance(data, np.ndarray) or tf.is_tensor(data):
         for start in range(0, len(data), batch_size):
@@ -375,6 +382,7 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 32) -> keras.Mode
     Returns:
         `model`, calibrated in place.
     """
+    _check_batch_size(batch_size, "batch_size")
     quantizers = [
         layer for layer in _all_layers(model) if isinstance(layer, ActivationQuantizer)
     ]

@@ -28,6 +28,13 @@ _MIN_WEIGHT_RANGE = 1e-8
 def fake_quant_weight(weight, mode: str):
     """Fake-quantize a kernel as TFLite stores int8 weights.
 
+    Example:
+
+    >>> import numpy as np
+    >>> w = np.array([[0.5, -1.27], [0.004, 0.3]], "float32")
+    >>> np.asarray(fake_quant_weight(w, "per_tensor"), "float64").round(2).tolist()
+    [[0.5, -1.27], [0.0, 0.3]]
+
     Args:
         weight: the (already folded) kernel.
         mode: `"per_tensor"` (Dense), `"per_channel"` (Conv1D/Conv2D, the
@@ -77,6 +84,21 @@ def fake_quant_activation(x, low, high):
 
     The op nudges the range so that 0 is exactly representable, as TFLite
     does when it derives a zero point.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([-1.0, 0.0, 0.4, 9.0], "float32")
+    >>> np.asarray(fake_quant_activation(x, -1.0, 1.55), "float64").round(2).tolist()
+    [-1.0, 0.0, 0.4, 1.55]
+
+    Args:
+        x: the tensor to quantize (float32).
+        low: lower end of the range (widened to contain 0).
+        high: upper end of the range (widened to contain 0).
+
+    Returns:
+        `x` clipped to the nudged range and rounded to its 256 levels.
     """
     low, high = range_with_zero(low, high)
     return tf.quantization.fake_quant_with_min_max_vars(

@@ -44,6 +44,15 @@ _REGISTRY: dict[type, Rule] = {}
 def register_quantizable(layer_cls: type, rule: Rule) -> None:
     """Declare how `quantize` handles layers of class `layer_cls`.
 
+    Example:
+
+    >>> class Scale(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return 2.0 * x
+    >>> register_quantizable(Scale, "output")
+    >>> quantize_kind(Scale())
+    'output'
+
     Args:
         layer_cls: a `keras.layers.Layer` subclass (subclasses inherit it).
         rule: one of `KINDS`, or a callable `rule(layer)` returning one of
@@ -62,7 +71,15 @@ def register_quantizable(layer_cls: type, rule: Rule) -> None:
 
 
 def quantize_kind(layer: keras.layers.Layer) -> str | None:
-    """How `layer` is quantized (one of `KINDS`), or None if unsupported."""
+    """How `layer` is quantized (one of `KINDS`), or None if unsupported.
+
+    Example:
+
+    >>> quantize_kind(keras.layers.Conv2D(8, 3)), quantize_kind(keras.layers.Dense(2))
+    ('per_channel', 'per_tensor')
+    >>> quantize_kind(keras.layers.LayerNormalization()) is None
+    True
+    """
     for cls in type(layer).__mro__:
         if cls in _REGISTRY:
             rule = _REGISTRY[cls]
