@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
@@ -502,3 +503,39 @@ class Clock:
 
     def elapsed(self) -> float:
         return round(time.perf_counter() - self.t0, 1)
+
+
+def guard_section(name: str, fn, result: dict, log) -> None:
+    """`result[name] = fn()`; a failure is recorded there instead of raised,
+    so one failed section does not hide the others."""
+    try:
+        result[name] = fn()
+    except Exception as e:  # noqa: BLE001 - one failed section must not hide the rest
+        log(f"section {name} failed: {type(e).__name__}: {e}")
+        result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}",
+                        "traceback": traceback.format_exc()[-2000:]}
+
+
+def merge_sections(path: str, fresh: dict, sections: list[str]) -> dict:
+    """`fresh`'s sections written over the JSON at `path`, the rest kept.
+
+    Each merged section records the command, machine state and time of the
+    run that produced it (`section_runs`), so figures measured at different
+    times stay attributable.
+    """
+    try:
+        with open(path) as f:
+            merged = json.load(f)
+    except (OSError, ValueError):
+        return fresh
+    runs = dict(merged.get("section_runs") or {})
+    env = dict(fresh["env"])
+    if hasattr(os, "getloadavg"):
+        env["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    for name in sections:
+        if name in fresh:
+            merged[name] = fresh[name]
+            runs[name] = {"command": fresh["command"], "env": env,
+                          "elapsed_s": fresh["elapsed_s"]}
+    merged["section_runs"] = runs
+    return merged

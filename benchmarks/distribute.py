@@ -38,7 +38,6 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -341,15 +340,6 @@ def throughput(data, sparse_source, batch: int, repeats: int, tile: int, mirrore
                 for name, v in samples.items()}}
 
 
-def _guard(name, fn, result, log):
-    try:
-        result[name] = fn()
-    except Exception as e:  # noqa: BLE001 - one failed section must not hide the rest
-        log(f"section {name} failed: {type(e).__name__}: {e}")
-        result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}",
-                        "traceback": traceback.format_exc()[-2000:]}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON here too")
@@ -380,11 +370,11 @@ def main(argv=None) -> dict:
                                       "(fixed sparsity masks, EMA activation ranges)"}}
     data = common.load_digits_split()
     holder: list = []
-    _guard("source", lambda: holder.append(_pruned_source(data)) or {"ok": True},
+    common.guard_section("source", lambda: holder.append(_pruned_source(data)) or {"ok": True},
            result, log)
     source = holder[0] if holder else None
     if "sync" in sections:
-        _guard("sync", lambda: sync_counts(data, source, log), result, log)
+        common.guard_section("sync", lambda: sync_counts(data, source, log), result, log)
     if "throughput" in sections:
         batches = [int(b) for b in args.batches.split(",") if b]
         # One strategy for all batch sizes: a second MirroredStrategy (default
@@ -392,7 +382,7 @@ def main(argv=None) -> dict:
         # collective "Shape mismatch" between the QAT BN-moment and gradient
         # all-reduces (see the report).
         mirrored = tf.distribute.MirroredStrategy(list(DEVICES))
-        _guard("throughput", lambda: {
+        common.guard_section("throughput", lambda: {
             "how": f"samples/s = {args.tile} x 1400 (training set tiled) / epoch wall "
                    "time (on_epoch_begin to on_epoch_end), one epoch per setup per round, 6 setups interleaved with rotating "
                    "order after one warm-up epoch each; median over rounds",

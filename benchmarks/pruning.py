@@ -29,7 +29,6 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -202,15 +201,6 @@ def mobilenet(log) -> dict:
     return res
 
 
-def _guard(name, fn, result, log):
-    try:
-        result[name] = fn()
-    except Exception as e:  # noqa: BLE001 - one failed section must not hide the rest
-        log(f"section {name} failed: {type(e).__name__}: {e}")
-        result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}",
-                        "traceback": traceback.format_exc()[-2000:]}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON here too")
@@ -252,49 +242,23 @@ def main(argv=None) -> dict:
                                                   "pruned_gzip_ratio")}}
 
     if "digits" in sections or "overhead" in sections:
-        _guard("digits", digits, result, log)
+        common.guard_section("digits", digits, result, log)
         if "digits" not in sections:
             result.pop("digits", None)
     if "overhead" in sections:
         if dense_holder:
-            _guard("overhead", lambda: overhead(data, dense_holder[0], args.repeats,
+            common.guard_section("overhead", lambda: overhead(data, dense_holder[0], args.repeats,
                                                 args.steps, log), result, log)
         else:
             result["overhead"] = {"error": "no trained dense model (digits failed)"}
     if "mobilenet" in sections:
-        _guard("mobilenet", lambda: mobilenet(log), result, log)
+        common.guard_section("mobilenet", lambda: mobilenet(log), result, log)
     result["elapsed_s"] = log.elapsed()
     if args.merge:
-        result = _merge(args.out, result, sections)
+        result = common.merge_sections(args.out, result, sections)
     common.emit(result, args.out)
     return result
 
-
-def _merge(path: str, fresh: dict, sections: list[str]) -> dict:
-    """`fresh`'s sections written over the JSON at `path`, the rest kept.
-
-    Each merged section records the command, machine state and time of the
-    run that produced it (`section_runs`), so figures measured at different
-    times stay attributable.
-    """
-    import json
-
-    try:
-        with open(path) as f:
-            merged = json.load(f)
-    except (OSError, ValueError):
-        return fresh
-    runs = dict(merged.get("section_runs") or {})
-    env = dict(fresh["env"])
-    if hasattr(os, "getloadavg"):
-        env["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    for name in sections:
-        if name in fresh:
-            merged[name] = fresh[name]
-            runs[name] = {"command": fresh["command"], "env": env,
-                          "elapsed_s": fresh["elapsed_s"]}
-    merged["section_runs"] = runs
-    return merged
 
 
 if __name__ == "__main__":
