@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["consumers", "as_functional"]
+__all__ = ["all_layers", "consumers", "as_functional"]
+
+
+def all_layers(model: keras.Model) -> list:
+    """Every layer inside `model`, nested models and wrapped layers included."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def as_functional(model: keras.Model) -> keras.Model:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tfaccel import _graph
 from tfaccel.export.inspect import analyze
 from tfaccel.export.report import ExportReport
 from tfaccel.export.representative import normalize_data
@@ -121,15 +122,6 @@ def _final_mode(path: str) -> int:
     return 0o666 & ~umask
 
 
-def _all_layers(model) -> list:
-    found, stack = [], list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop()
-        found.append(layer)
-        stack.extend(getattr(layer, "layers", []) or [])
-    return found
-
-
 def _unwrap_student(model, notes: list[str]):
     import keras
 
@@ -146,7 +138,7 @@ def _unwrap_student(model, notes: list[str]):
 def _strip_pruning(model, notes: list[str]):
     from tfaccel.pruning import PruneChannels, PruneLowMagnitude, strip_pruning
 
-    layers = _all_layers(model)
+    layers = _graph.all_layers(model)
     wrapped = [layer for layer in layers if isinstance(layer, PruneLowMagnitude)]
     channels = [layer for layer in layers if isinstance(layer, PruneChannels)]
     if channels:
@@ -193,7 +185,7 @@ def _as_float32(model, notes: list[str]):
     """
     import keras
 
-    policies = {layer.dtype_policy.name for layer in _all_layers(model)}
+    policies = {layer.dtype_policy.name for layer in _graph.all_layers(model)}
     if not any(name.startswith("mixed_") for name in policies):
         return model
     config = _float32_policies(keras.saving.serialize_keras_object(model))

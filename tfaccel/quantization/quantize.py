@@ -70,13 +70,9 @@ def _skip_predicate(skip: SkipSpec) -> Callable[[keras.layers.Layer], bool]:
 def _strip_pruning(model):
     from tfaccel.pruning import PruneLowMagnitude, strip_pruning
 
-    if any(isinstance(layer, PruneLowMagnitude) for layer in _all_layers(model)):
+    if any(isinstance(layer, PruneLowMagnitude) for layer in _graph.all_layers(model)):
         return strip_pruning(model)
     return model
-
-
-def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 class _Planner:
@@ -384,7 +380,7 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 32) -> keras.Mode
     """
     _check_batch_size(batch_size, "batch_size")
     quantizers = [
-        layer for layer in _all_layers(model) if isinstance(layer, ActivationQuantizer)
+        layer for layer in _graph.all_layers(model) if isinstance(layer, ActivationQuantizer)
     ]
     if not quantizers:
         raise ValueError(
@@ -418,4 +414,4 @@ def is_quantized(model: keras.Model) -> bool:
     False
     """
     types = (ActivationQuantizer, QuantizeWrapper, QuantizedActivation)
-    return any(isinstance(layer, types) for layer in _all_layers(model))
+    return any(isinstance(layer, types) for layer in _graph.all_layers(model))
