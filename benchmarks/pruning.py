@@ -102,14 +102,33 @@ def digits_seed(data, seed: int, workdir: str, log):
     log(f"seed {seed}: pruned accuracy {res['pruned_acc']:.4f} "
         f"sparsity {res['pruned_sparsity']:.4f}")
 
+    # The same fine-tune with the sparsity shared by size (ERK).
+    keras.utils.set_random_seed(seed)
+    erk = prune(_copy(dense), schedule=schedule, allocation="erk")
+    common.compile_classifier(erk, keras)
+    erk.fit(x_train, y_train, epochs=common.PRUNE_EPOCHS, batch_size=common.BATCH,
+            verbose=0)
+    erk_stripped = strip_pruning(erk)
+    res["erk_pruned_acc"] = common.accuracy(erk_stripped, x_test, y_test)
+    res["erk_pruned_sparsity"] = common.weight_sparsity(_kernels(erk_stripped))
+    res["erk_tfaccel_sparsity"] = _tfaccel_sparsity(erk_stripped)
+    res["erk_minus_dense_points"] = round(
+        100 * (res["erk_pruned_acc"] - res["dense_acc"]), 3)
+    log(f"seed {seed}: ERK pruned accuracy {res['erk_pruned_acc']:.4f} "
+        f"sparsity {res['erk_pruned_sparsity']:.4f}")
+
     dense_path = os.path.join(workdir, f"dense_{seed}.tflite")
     pruned_path = os.path.join(workdir, f"pruned_{seed}.tflite")
+    erk_path = os.path.join(workdir, f"pruned_erk_{seed}.tflite")
     res["dense_float32"] = _export_float(dense, dense_path)
     res["pruned_float32"] = _export_float(stripped, pruned_path)
+    res["erk_pruned_float32"] = _export_float(erk_stripped, erk_path)
     res["dense_float32_tflite_acc"] = common.tflite_accuracy(dense_path, x_test, y_test)
     res["pruned_float32_tflite_acc"] = common.tflite_accuracy(pruned_path, x_test, y_test)
     res["pruned_gzip_ratio"] = round(
         res["pruned_float32"]["gzip_bytes"] / res["dense_float32"]["gzip_bytes"], 4)
+    res["erk_pruned_gzip_ratio"] = round(
+        res["erk_pruned_float32"]["gzip_bytes"] / res["dense_float32"]["gzip_bytes"], 4)
     keras.backend.clear_session()
     return res, dense
 
@@ -136,11 +155,37 @@ def overhead(data, dense, repeats: int, steps: int, log) -> dict:
     return res
 
 
-def mobilenet(log) -> dict:
+def _prune_one_step(model, representative, allocation: str):
+    """`model` pruned to 80% with `allocation`, stripped.
+
+    One zero-learning-rate step: the masks are computed in the train step,
+    the weights do not move.
+    """
     import keras
 
     from tfaccel.pruning import prune, strip_pruning
     from tfaccel.schedules import ConstantSparsity
+
+    pruned = prune(_copy(model), schedule=ConstantSparsity(
+        common.TARGET_SPARSITY, begin_step=0, frequency=1), allocation=allocation)
+    pruned.compile(optimizer=keras.optimizers.SGD(0.0),
+                   loss=keras.losses.SparseCategoricalCrossentropy())
+    pruned.fit(representative[:2], np.zeros(2, "int32"), epochs=1, batch_size=2,
+               verbose=0)
+    return strip_pruning(pruned)
+
+
+def _qat_int8_sizes(model, representative, path: str) -> dict:
+    from tfaccel.export import export_tflite
+    from tfaccel.quantization import quantize
+
+    export_tflite(quantize(model, calibration_data=representative), path,
+                  quantization="int8")
+    return common.file_sizes(path)
+
+
+def mobilenet(log) -> dict:
+    import keras
 
     shape = common.MOBILENET_INPUT
     res: dict = {"input_shape": list(shape), "alpha": 1.0, "classes": 1000,
@@ -156,15 +201,7 @@ def mobilenet(log) -> dict:
         res["float32"] = _export_float(model, float_path)
         log(f"MobileNetV2 float32 {res['float32']}")
 
-        pruned = prune(_copy(model), schedule=ConstantSparsity(
-            common.TARGET_SPARSITY, begin_step=0, frequency=1))
-        pruned.compile(optimizer=keras.optimizers.SGD(0.0),
-                       loss=keras.losses.SparseCategoricalCrossentropy())
-        # One zero-learning-rate step: the masks are computed in the train
-        # step, the weights do not move.
-        pruned.fit(representative[:2], np.zeros(2, "int32"), epochs=1, batch_size=2,
-                   verbose=0)
-        stripped = strip_pruning(pruned)
+        stripped = _prune_one_step(model, representative, "uniform")
         res["pruned_sparsity"] = common.weight_sparsity(_kernels(stripped))
         pf_path = os.path.join(d, "pruned_float.tflite")
         res["pruned_float32"] = _export_float(stripped, pf_path)
@@ -177,27 +214,30 @@ def mobilenet(log) -> dict:
             os.path.join(d, "pruned_ptq_int8.tflite"),
             common.convert_keras(stripped, "ptq", representative=representative))
         res["pruned_ptq_int8"] = common.file_sizes(pi_path)
-        try:
-            from tfaccel.export import export_tflite
-            from tfaccel.quantization import quantize
-
-            q = quantize(stripped, calibration_data=representative)
-            q_path = os.path.join(d, "pruned_qat_int8.tflite")
-            export_tflite(q, q_path, quantization="int8")
-            res["pruned_qat_int8"] = common.file_sizes(q_path)
-        except Exception as e:  # noqa: BLE001 - report, keep the other figures
-            res["pruned_qat_int8_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            log(f"pruned QAT int8 export failed: {e}")
-        best = min(v["gzip_bytes"] for k, v in res.items()
-                   if k in ("pruned_ptq_int8", "pruned_qat_int8"))
+        common.guard_section("pruned_qat_int8", lambda: _qat_int8_sizes(
+            stripped, representative, os.path.join(d, "pruned_qat_int8.tflite")),
+            res, log)
+        best = min(res[k].get("gzip_bytes", float("inf"))
+                   for k in ("pruned_ptq_int8", "pruned_qat_int8"))
         res["pruned_int8_gzip_vs_dense_float32_gzip"] = round(
             best / res["float32"]["gzip_bytes"], 4)
-        for k in ("pruned_ptq_int8", "pruned_qat_int8"):
-            if k in res:
+
+        # The same 80% shared by size (allocation="erk"), QAT int8 export.
+        erk = _prune_one_step(model, representative, "erk")
+        res["erk_pruned_sparsity"] = common.weight_sparsity(_kernels(erk))
+        per_layer = _tfaccel_sparsity(erk)
+        res["erk_dense_weights"] = sum(1 for v in per_layer.values() if v == 0.0)
+        res["erk_pruned_weights"] = len(per_layer) - res["erk_dense_weights"]
+        common.guard_section("erk_pruned_qat_int8", lambda: _qat_int8_sizes(
+            erk, representative, os.path.join(d, "erk_pruned_qat_int8.tflite")),
+            res, log)
+        for k in ("pruned_ptq_int8", "pruned_qat_int8", "erk_pruned_qat_int8"):
+            if "gzip_bytes" in res[k]:
                 res[f"{k}_gzip_vs_dense_float32_gzip"] = round(
                     res[k]["gzip_bytes"] / res["float32"]["gzip_bytes"], 4)
         log(f"MobileNetV2 pruned int8 gzip ratio "
-            f"{res['pruned_int8_gzip_vs_dense_float32_gzip']}")
+            f"{res['pruned_int8_gzip_vs_dense_float32_gzip']} (uniform), "
+            f"{res.get('erk_pruned_qat_int8_gzip_vs_dense_float32_gzip')} (erk)")
     return res
 
 
@@ -239,7 +279,11 @@ def main(argv=None) -> dict:
                                         for k in ("dense_acc", "pruned_acc",
                                                   "pruned_minus_dense_points",
                                                   "pruned_sparsity",
-                                                  "pruned_gzip_ratio")}}
+                                                  "pruned_gzip_ratio",
+                                                  "erk_pruned_acc",
+                                                  "erk_minus_dense_points",
+                                                  "erk_pruned_sparsity",
+                                                  "erk_pruned_gzip_ratio")}}
 
     if "digits" in sections or "overhead" in sections:
         common.guard_section("digits", digits, result, log)

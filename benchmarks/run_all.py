@@ -234,10 +234,15 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
         ("MobileNetV2 QAT int8 file / converter PTQ int8 file", "<= 1.01x",
          get(qat, "mobilenet.qat_int8_vs_ptq_int8_bytes"), "<=", 1.01, "x",
          get(peer, "mobilenet.qat_int8_vs_ptq_int8_bytes"), "", _cmd("qat", "mobilenet")),
-        ("MobileNetV2 pruned 80% + int8 gzip / dense float32 gzip", "<= 0.09x",
+        ("MobileNetV2 pruned 80% + int8 gzip / dense float32 gzip; every layer 80% "
+         "(allocation='uniform', tfmot's way)", "<= 0.09x",
          get(pru, "mobilenet.pruned_int8_gzip_vs_dense_float32_gzip"), "<=", 0.09, "x",
          get(peer, "mobilenet.pruned_int8_gzip_vs_dense_float32_gzip"), "",
          _cmd("pruning", "mobilenet")),
+        ("MobileNetV2 pruned 80% + int8 gzip / dense float32 gzip; 80% of all kernel "
+         "weights shared by size (allocation='erk'), QAT int8", "<= 0.09x",
+         get(pru, "mobilenet.erk_pruned_qat_int8_gzip_vs_dense_float32_gzip"), "<=", 0.09,
+         "x", None, "", _cmd("pruning", "mobilenet")),
         ("MobileNetV2 export time, QAT int8 / float32", "<= 1.5x",
          get(qat, "mobilenet.qat_export_ratio"), "<=", 1.5, "x",
          get(peer, "mobilenet.qat_convert_ratio"), "", _cmd("qat", "mobilenet")),
@@ -311,6 +316,20 @@ def _digits_section(pru: dict, qat: dict, peer: dict) -> list[str]:
             + _cmd("pruning", "digits") + " and " + _cmd("peer_tfmot", "digits") + ".", ""]
     out += _table(["library", "seed", "dense acc", "pruned acc", "delta", "kernel sparsity",
                    "float32 TFLite gzip dense -> pruned", "gzip ratio"], rows)
+    rows = []
+    for r in ([] if _error(pru, "digits") else get(pru, "digits.seeds") or []):
+        if "erk_pruned_acc" in r:
+            per = r.get("erk_tfaccel_sparsity") or {}
+            rows.append([r["seed"], fmt(r.get("pruned_acc"), "pct"),
+                         fmt(r.get("erk_pruned_acc"), "pct"),
+                         fmt(r.get("erk_minus_dense_points"), "pts"),
+                         ", ".join(f"{k.split('/')[0]} {v:.1%}" for k, v in per.items()),
+                         fmt(r.get("erk_pruned_gzip_ratio"), "x")])
+    if rows:
+        out += ["The same fine-tune with `prune(..., allocation=\"erk\")`: 80% of all "
+                "kernel weights, shared by layer size (Erd\u0151s-R\u00e9nyi-Kernel).", ""]
+        out += _table(["seed", "uniform acc", "erk acc", "erk delta vs dense",
+                       "erk sparsity by layer", "gzip ratio"], rows)
     rows = []
     for label, d in (("tfaccel", qat), ("tfmot", peer)):
         err = _error(d, "digits")
@@ -395,6 +414,8 @@ def _mobilenet_section(pru: dict, qat: dict, peer: dict) -> list[str]:
          size(peer, "mobilenet", "pruned_ptq_int8")],
         ["pruned 80% + tfaccel QAT int8 export", size(pru, "mobilenet", "pruned_qat_int8"),
          "-"],
+        ["pruned 80% allocation='erk' + tfaccel QAT int8 export",
+         size(pru, "mobilenet", "erk_pruned_qat_int8"), "-"],
     ]
     out += ["File size / gzip size. Reproduce: " + _cmd("qat", "mobilenet") + ", "
             + _cmd("pruning", "mobilenet") + ", " + _cmd("peer_tfmot", "mobilenet") + ".",
@@ -404,6 +425,10 @@ def _mobilenet_section(pru: dict, qat: dict, peer: dict) -> list[str]:
         ["figure", "tfaccel", "tfmot"],
         [["pruned kernel sparsity", fmt(get(pru, "mobilenet.pruned_sparsity"), "pct"),
           fmt(get(peer, "mobilenet.pruned_sparsity"), "pct")],
+         ["pruned kernel sparsity, allocation='erk' (kernels pruned / left dense)",
+          f"{fmt(get(pru, 'mobilenet.erk_pruned_sparsity'), 'pct')} "
+          f"({get(pru, 'mobilenet.erk_pruned_weights')} / "
+          f"{get(pru, 'mobilenet.erk_dense_weights')})", "-"],
          ["float32 export / convert time", fmt(get(qat, "mobilenet.float32_export_s"), "s"),
           fmt(get(peer, "mobilenet.float32_convert_s"), "s")],
          ["QAT int8 export / convert time", fmt(get(qat, "mobilenet.qat_export_s"), "s"),

@@ -12,7 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfaccel.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from tfaccel.schedules import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+    ScaledSparsity,
+)
 
 
 def _at(schedule, step):
@@ -103,7 +108,11 @@ def test_type_errors():
 
 @pytest.mark.parametrize(
     "schedule",
-    [ConstantSparsity(0.7, 3, 40, 7), PolynomialDecay(0.1, 0.8, 2, 41, 2, 9)],
+    [
+        ConstantSparsity(0.7, 3, 40, 7),
+        PolynomialDecay(0.1, 0.8, 2, 41, 2, 9),
+        ScaledSparsity(PolynomialDecay(0.1, 0.8, 2, 41, 2, 9), 1.1),
+    ],
 )
 def test_serialization_round_trip(schedule):
     assert type(schedule).from_config(schedule.get_config()) == schedule
@@ -113,7 +122,42 @@ def test_serialization_round_trip(schedule):
     assert restored == schedule and isinstance(restored, PruningSchedule)
     for step in (0, 7, 40, 41, 100):
         assert _at(restored, step) == _at(schedule, step)
-    assert schedule.final_sparsity in (0.7, 0.8)
+    assert restored.final_sparsity == schedule.final_sparsity
+    assert hash(restored) == hash(schedule)
+
+
+@settings(max_examples=30, deadline=None)
+@given(polynomial(), st.floats(0.0, 3.0), st.lists(st.integers(0, 500), min_size=1, max_size=6))
+def test_scaled_follows_its_schedule(schedule, factor, steps):
+    if not factor * schedule.final_sparsity < 1.0:
+        with pytest.raises(ValueError, match="factor \\* schedule.final_sparsity"):
+            ScaledSparsity(schedule, factor)
+        return
+    scaled = ScaledSparsity(schedule, factor)
+    assert scaled.final_sparsity == pytest.approx(factor * schedule.final_sparsity)
+    assert (scaled.begin_step, scaled.end_step) == (schedule.begin_step, schedule.end_step)
+    for step in steps:
+        should, value = _at(scaled, step)
+        inner_should, inner_value = _at(schedule, step)
+        assert should == inner_should
+        assert value == pytest.approx(min(factor * inner_value, 1.0 - 2.0**-24), rel=1e-6)
+        assert 0.0 <= value < 1.0
+
+
+def test_scaled_errors_and_repr():
+    base = ConstantSparsity(0.5)
+    with pytest.raises(TypeError, match="schedule.*PruningSchedule.*Received: schedule=0.5"):
+        ScaledSparsity(0.5, 1.0)
+    with pytest.raises(TypeError, match="factor.*float.*Received: factor='2'"):
+        ScaledSparsity(base, "2")
+    with pytest.raises(ValueError, match="factor.*>= 0.*Received: factor=-1"):
+        ScaledSparsity(base, -1)
+    with pytest.raises(ValueError, match="factor=2.0 with final_sparsity=0.5"):
+        ScaledSparsity(base, 2.0)
+    assert repr(ScaledSparsity(base, 1.5)) == (
+        "ScaledSparsity(ConstantSparsity(target_sparsity=0.5, begin_step=0, "
+        "end_step=-1, frequency=100), factor=1.5)"
+    )
 
 
 _TFMOT_SCRIPT = textwrap.dedent(

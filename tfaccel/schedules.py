@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["PruningSchedule", "ConstantSparsity", "PolynomialDecay"]
+__all__ = ["PruningSchedule", "ConstantSparsity", "PolynomialDecay", "ScaledSparsity"]
 
 
 def _check_sparsity(name: str, value) -> float:
@@ -237,3 +237,73 @@ class PolynomialDecay(PruningSchedule):
             "power": self.power,
             "frequency": config["frequency"],
         }
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class ScaledSparsity(PruningSchedule):
+    """Another schedule's sparsity times a fixed factor, at the same steps.
+
+    `prune(..., allocation="erk")` gives each layer the model's schedule
+    scaled to that layer's share of the target: at every step the layers
+    together hold the schedule's sparsity, and each reaches its own final
+    sparsity at `end_step`. The result is clipped to [0, 1).
+
+    Example:
+
+    >>> schedule = ScaledSparsity(ConstantSparsity(0.5, frequency=10), factor=1.5)
+    >>> schedule.final_sparsity, bool(schedule(20)[0]), float(schedule(20)[1])
+    (0.75, True, 0.75)
+
+    Args:
+        schedule: the `PruningSchedule` to follow (its steps and shape).
+        factor: multiplier of its sparsity (>= 0); `factor *
+            schedule.final_sparsity` must be < 1.
+    """
+
+    def __init__(self, schedule: PruningSchedule, factor: float):
+        if not isinstance(schedule, PruningSchedule):
+            raise TypeError(
+                "`schedule` must be a tfaccel.schedules.PruningSchedule. "
+                f"Received: schedule={schedule!r}"
+            )
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise TypeError(f"`factor` must be a float. Received: factor={factor!r}")
+        if not 0.0 <= factor or not factor * schedule.final_sparsity < 1.0:
+            raise ValueError(
+                "`factor` must be >= 0 and `factor * schedule.final_sparsity` "
+                f"< 1. Received: factor={factor!r} with final_sparsity="
+                f"{schedule.final_sparsity!r}"
+            )
+        super().__init__(schedule.begin_step, schedule.end_step, schedule.frequency)
+        self.schedule = schedule
+        self.factor = float(factor)
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.factor * self.schedule.final_sparsity
+
+    def should_prune(self, step) -> tf.Tensor:
+        return self.schedule.should_prune(step)
+
+    def sparsity_at(self, step) -> tf.Tensor:
+        value = self.factor * self.schedule.sparsity_at(step)
+        # The largest float32 below 1: a mask never zeroes a whole weight.
+        return tf.clip_by_value(value, 0.0, 1.0 - 2.0**-24)
+
+    def get_config(self) -> dict:
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "factor": self.factor,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"ScaledSparsity({self.schedule!r}, factor={self.factor:.6g})"
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.schedule, self.factor))

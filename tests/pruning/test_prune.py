@@ -266,9 +266,12 @@ def test_public_api():
     import tfaccel.schedules
 
     assert set(tfaccel.pruning.__all__) >= {
-        "PruneLowMagnitude", "prune", "register_prunable", "sparsity", "strip_pruning",
+        "PruneLowMagnitude", "allocate", "prune", "register_prunable", "sparsity",
+        "strip_pruning",
     }
-    assert tfaccel.schedules.__all__ == ["PruningSchedule", "ConstantSparsity", "PolynomialDecay"]
+    assert tfaccel.schedules.__all__ == [
+        "PruningSchedule", "ConstantSparsity", "PolynomialDecay", "ScaledSparsity",
+    ]
     assert "PruningSummary" in tfaccel.callbacks.__all__
     for module in (tfaccel.pruning, tfaccel.schedules, tfaccel.callbacks):
         assert all(hasattr(module, name) for name in module.__all__)

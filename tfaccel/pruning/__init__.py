@@ -10,6 +10,7 @@ Example:
 >>> plain = tp.strip_pruning(pruned)  # doctest: +SKIP
 """
 
+from tfaccel.pruning.allocation import allocate
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
 from tfaccel.pruning.masks import nm_mask, unstructured_mask
 from tfaccel.pruning.prune import prune, sparsity, strip_pruning
@@ -20,6 +21,7 @@ from tfaccel.pruning.wrapper import PruneLowMagnitude
 __all__ = [
     "PruneChannels",
     "PruneLowMagnitude",
+    "allocate",
     "channel_fractions",
     "nm_mask",
     "prune",

@@ -9,10 +9,11 @@ import keras
 import numpy as np
 
 from tfaccel._warnings import TfaccelWarning
+from tfaccel.pruning.allocation import ALLOCATIONS, allocate
 from tfaccel.pruning.masks import parse_structure
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
 from tfaccel.pruning.wrapper import PruneLowMagnitude
-from tfaccel.schedules import ConstantSparsity, PruningSchedule
+from tfaccel.schedules import ConstantSparsity, PruningSchedule, ScaledSparsity
 
 __all__ = ["prune", "strip_pruning", "sparsity"]
 
@@ -89,6 +90,7 @@ def prune(
     schedule: PruningSchedule | None = None,
     structure: str = "unstructured",
     layers: LayerSelector = None,
+    allocation: str = "uniform",
 ) -> keras.Model:
     """Return a copy of `model` whose prunable layers train under masks.
 
@@ -118,14 +120,24 @@ def prune(
         layers: which layers to prune: None (every prunable layer), a list
             of layer names and/or layer classes, or a predicate
             `layer -> bool`.
+        allocation: how the schedule's sparsity is shared among the
+            selected layers (unstructured only, see
+            `tfaccel.pruning.allocation`): `"uniform"` (each layer gets it)
+            or `"erk"` (Erdős–Rényi-Kernel: large layers are pruned harder,
+            small ones less or not at all, and all pruned weights together
+            reach the schedule's sparsity). A layer's share is its schedule
+            scaled (`tfaccel.schedules.ScaledSparsity`); a layer that `"erk"`
+            leaves dense is not wrapped.
 
     Returns:
         A new Keras model.
 
     Raises:
-        ValueError: for a subclassed model, an unknown `structure`, N:M that
-            does not divide a weight's input-channel axis, `layers` that
-            match no layer or a model with no prunable layer.
+        ValueError: for a subclassed model, an unknown `structure` or
+            `allocation`, an allocation other than `"uniform"` with N:M or
+            channels, N:M that does not divide a weight's input-channel
+            axis, `layers` that match no layer or a model with no prunable
+            layer.
         TypeError: for arguments of the wrong type.
     """
     _check_model(model)
@@ -135,6 +147,18 @@ def prune(
         raise TypeError(
             "`schedule` must be a tfaccel.schedules.PruningSchedule. "
             f"Received: schedule={schedule!r}"
+        )
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"`allocation` must be one of {ALLOCATIONS}. Received: "
+            f"allocation={allocation!r}"
+        )
+    if allocation != "uniform" and structure != "unstructured":
+        raise ValueError(
+            f"allocation='{allocation}' shares an unstructured sparsity "
+            "among layers; N:M and channel pruning set each layer's pattern "
+            "themselves. Use allocation='uniform'. Received: "
+            f"structure={structure!r}"
         )
     if structure == "channels":
         # `prune_channels` copies the layers it rebuilds: `model` is untouched.
@@ -149,6 +173,7 @@ def prune(
         return prune_channels(model, schedule=schedule, layers=layers)
     parse_structure(structure)
     selected = _selector(layers)
+    schedules = _allocate(model, selected, schedule, allocation)
     matched, wrapped, pairs = [], [], []
 
     def clone(layer):
@@ -164,9 +189,10 @@ def prune(
             matched.append(layer.name)
         new = _copy_layer(layer)
         pairs.append((layer, new))
-        if chosen and is_prunable(layer):
+        layer_schedule = schedules.get(id(layer), schedule)
+        if chosen and is_prunable(layer) and layer_schedule is not None:
             wrapped.append(layer.name)
-            return PruneLowMagnitude(new, schedule, structure, name=layer.name)
+            return PruneLowMagnitude(new, layer_schedule, structure, name=layer.name)
         return new
 
     new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
@@ -185,6 +211,34 @@ def prune(
         )
     _copy_weights(pairs)
     return new_model
+
+
+def _allocate(model, selected, schedule, allocation) -> dict:
+    """id(layer) -> its schedule, or None for a layer left dense."""
+    if allocation == "uniform" or schedule.final_sparsity == 0.0:
+        return {}
+    layers = [
+        layer for layer in _walk(model)
+        if not isinstance(layer, keras.layers.InputLayer)
+        and selected(layer) and is_prunable(layer)
+    ]
+    unbuilt = [layer.name for layer in layers if not layer.built]
+    if unbuilt:
+        raise ValueError(
+            f"allocation='{allocation}' needs the shapes of the weights: "
+            "build the model first (give it a `keras.Input` or call it on a "
+            f"batch). Received unbuilt layers: {unbuilt}"
+        )
+    shapes = {
+        id(layer): [tuple(v.shape) for v, _ in prunable_weights(layer)]
+        for layer in layers
+    }
+    shares = allocate(shapes, schedule.final_sparsity, allocation)
+    return {
+        key: None if share == 0.0
+        else ScaledSparsity(schedule, share / schedule.final_sparsity)
+        for key, share in shares.items()
+    }
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:
