@@ -421,6 +421,29 @@ def _mobilenet_section(pru: dict, qat: dict, peer: dict) -> list[str]:
             + _cmd("pruning", "mobilenet") + ", " + _cmd("peer_tfmot", "mobilenet") + ".",
             ""]
     out += _table(["file", "tfaccel", "tfmot"], rows)
+    uni = get(pru, "mobilenet.pruned_qat_int8.breakdown")
+    erk = get(pru, "mobilenet.erk_pruned_qat_int8.breakdown")
+    if uni and erk:
+        out += [
+            "Where the pruned int8 gzip bytes go (read from the files' flatbuffers, "
+            "`breakdown` in `benchmarks/results/pruning.json`). Uniform 80%: kernels "
+            f"{fmt(uni['int8_constants_gzip_bytes'], 'kb')} "
+            f"({uni['int8_gzip_bits_per_weight']} bits per weight, zeroth-order entropy "
+            f"{uni['int8_entropy_bits_per_weight']}), float32 scales of weights and biases "
+            f"{fmt(uni['scales_gzip_bytes'], 'kb')}, int32 biases "
+            f"{fmt(uni['int32_constants_gzip_bytes'], 'kb')}. With random-init "
+            "(glorot-uniform) weights the surviving 20% of each channel sit at the top of "
+            f"its range (|q| >= {uni['int8_nonzero_abs_min']}), and gzip spends about a bit "
+            "on each zero that is not in a long run. `allocation='erk'` keeps 80% of all "
+            "kernel weights pruned but unevenly: the large kernels get sparser, with long "
+            "zero runs that gzip codes in far less than a bit per zero, and the small ones "
+            "(depthwise included) stay dense. Its kernels gzip to "
+            f"{fmt(erk['int8_constants_gzip_bytes'], 'kb')} "
+            f"({erk['int8_gzip_bits_per_weight']} bits per weight, although their "
+            f"zeroth-order entropy is higher: {erk['int8_entropy_bits_per_weight']}). Its "
+            "accuracy cost is measured on digits above, not on this untrained MobileNetV2.",
+            "",
+        ]
     out += _table(
         ["figure", "tfaccel", "tfmot"],
         [["pruned kernel sparsity", fmt(get(pru, "mobilenet.pruned_sparsity"), "pct"),

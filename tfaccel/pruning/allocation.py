@@ -26,7 +26,8 @@ ALLOCATIONS = ("uniform", "erk")
 Shapes = Sequence[Sequence[int]]
 
 
-def _check(allocation) -> str:
+def check_allocation(allocation) -> str:
+    """`allocation` if it is one of `ALLOCATIONS`, else a ValueError."""
     if allocation not in ALLOCATIONS:
         raise ValueError(
             f"`allocation` must be one of {ALLOCATIONS}. Received: "
@@ -58,7 +59,7 @@ def allocate(
         ValueError: for an unknown `allocation`, `sparsity` outside [0, 1)
             or a layer without weights.
     """
-    _check(allocation)
+    check_allocation(allocation)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
     sizes, raw = {}, {}

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from tfaccel._warnings import TfaccelWarning
-from tfaccel.pruning.allocation import ALLOCATIONS, allocate
+from tfaccel.pruning.allocation import allocate, check_allocation
 from tfaccel.pruning.masks import parse_structure
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
 from tfaccel.pruning.wrapper import PruneLowMagnitude
@@ -148,11 +148,7 @@ def prune(
             "`schedule` must be a tfaccel.schedules.PruningSchedule. "
             f"Received: schedule={schedule!r}"
         )
-    if allocation not in ALLOCATIONS:
-        raise ValueError(
-            f"`allocation` must be one of {ALLOCATIONS}. Received: "
-            f"allocation={allocation!r}"
-        )
+    check_allocation(allocation)
     if allocation != "uniform" and structure != "unstructured":
         raise ValueError(
             f"allocation='{allocation}' shares an unstructured sparsity "
