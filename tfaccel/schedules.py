@@ -32,6 +32,16 @@ def _check_sparsity(name: str, value) -> float:
     return float(value)
 
 
+def check_schedule(schedule) -> PruningSchedule:
+    """`schedule` if it is a `PruningSchedule`, else a TypeError naming it."""
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(
+            "`schedule` must be a tfaccel.schedules.PruningSchedule. "
+            f"Received: schedule={schedule!r}"
+        )
+    return schedule
+
+
 def _check_int(name: str, value, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
@@ -261,11 +271,7 @@ class ScaledSparsity(PruningSchedule):
     """
 
     def __init__(self, schedule: PruningSchedule, factor: float):
-        if not isinstance(schedule, PruningSchedule):
-            raise TypeError(
-                "`schedule` must be a tfaccel.schedules.PruningSchedule. "
-                f"Received: schedule={schedule!r}"
-            )
+        check_schedule(schedule)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)):
             raise TypeError(f"`factor` must be a float. Received: factor={factor!r}")
         if not 0.0 <= factor or not factor * schedule.final_sparsity < 1.0:

@@ -13,7 +13,12 @@ from tfaccel.pruning.allocation import allocate, check_allocation
 from tfaccel.pruning.masks import parse_structure
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
 from tfaccel.pruning.wrapper import PruneLowMagnitude
-from tfaccel.schedules import ConstantSparsity, PruningSchedule, ScaledSparsity
+from tfaccel.schedules import (
+    ConstantSparsity,
+    PruningSchedule,
+    ScaledSparsity,
+    check_schedule,
+)
 
 __all__ = ["prune", "strip_pruning", "sparsity"]
 
@@ -141,13 +146,7 @@ def prune(
         TypeError: for arguments of the wrong type.
     """
     _check_model(model)
-    if schedule is None:
-        schedule = ConstantSparsity(0.5)
-    if not isinstance(schedule, PruningSchedule):
-        raise TypeError(
-            "`schedule` must be a tfaccel.schedules.PruningSchedule. "
-            f"Received: schedule={schedule!r}"
-        )
+    schedule = check_schedule(ConstantSparsity(0.5) if schedule is None else schedule)
     check_allocation(allocation)
     if allocation != "uniform" and structure != "unstructured":
         raise ValueError(

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tfaccel._substitute import full_precision, substitute
 from tfaccel.pruning.masks import nm_mask, parse_structure, unstructured_mask
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
-from tfaccel.schedules import ConstantSparsity, PruningSchedule
+from tfaccel.schedules import ConstantSparsity, PruningSchedule, check_schedule
 
 __all__ = ["PruneLowMagnitude"]
 
@@ -66,14 +66,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
-        if schedule is None:
-            schedule = ConstantSparsity(0.5)
-        if not isinstance(schedule, PruningSchedule):
-            raise TypeError(
-                "`schedule` must be a tfaccel.schedules.PruningSchedule. "
-                f"Received: schedule={schedule!r}"
-            )
-        self.schedule = schedule
+        self.schedule = check_schedule(
+            ConstantSparsity(0.5) if schedule is None else schedule
+        )
         self.structure = structure
         self._nm = parse_structure(structure)
         if not is_prunable(layer):
