@@ -539,3 +539,97 @@ def merge_sections(path: str, fresh: dict, sections: list[str]) -> dict:
                           "elapsed_s": fresh["elapsed_s"]}
     merged["section_runs"] = runs
     return merged
+
+
+SECTIONS = ("digits", "overhead", "mobilenet")
+
+
+def run_sections(name: str, doc: str, argv, *, digits_seed: Callable,
+                 overhead: Callable, mobilenet: Callable,
+                 mean_keys: Sequence[str]) -> dict:
+    """The command line of a Keras 3 benchmark with `SECTIONS` (pruning, qat).
+
+    `digits_seed(data, seed, workdir, log) -> (row, dense model)` runs per
+    seed (one seed when only the overhead section needs a dense model);
+    `overhead(data, dense, repeats, steps, log)` and `mobilenet(log)` return
+    their sections. Each section is guarded, `--merge` keeps the sections not
+    run, and the JSON goes to stdout (and `--out`).
+    """
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--repeats", type=int, default=121,
+                        help="interleaved timing rounds (overhead section)")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="timed train steps per round (overhead section)")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the sections run in the existing --out "
+                             "JSON, keeping the others (re-measure one section)")
+    args = parser.parse_args(argv)
+    if args.merge and not args.out:
+        parser.error("--merge needs --out (the JSON to merge into).")
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--sections must be among {SECTIONS}. Received: {sorted(unknown)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    log = Clock(name)
+    result: dict = {"benchmark": name, "command": command_line(),
+                    "env": env_info(), "recipe": recipe()}
+    data = load_digits_split()
+    dense_holder: list = []
+
+    def digits():
+        rows = []
+        with tempfile.TemporaryDirectory() as workdir:
+            for seed in (seeds if "digits" in sections else seeds[:1]):
+                row, dense = digits_seed(data, seed, workdir, log)
+                rows.append(row)
+                dense_holder.append(dense)
+        return {"seeds": rows, "mean": {k: round(statistics.mean(r[k] for r in rows), 5)
+                                        for k in mean_keys}}
+
+    if "digits" in sections or "overhead" in sections:
+        guard_section("digits", digits, result, log)
+        if "digits" not in sections:
+            result.pop("digits", None)
+    if "overhead" in sections:
+        if dense_holder:
+            guard_section("overhead", lambda: overhead(data, dense_holder[0], args.repeats,
+                                                       args.steps, log), result, log)
+        else:
+            result["overhead"] = {"error": "no trained dense model (digits failed)"}
+    if "mobilenet" in sections:
+        guard_section("mobilenet", lambda: mobilenet(log), result, log)
+    result["elapsed_s"] = log.elapsed()
+    if args.merge:
+        result = merge_sections(args.out, result, sections)
+    emit(result, args.out)
+    return result
+
+
+def mobilenet_model(keras_module: Any = None):
+    """The benchmarks' MobileNetV2: `(result dict, model, representative batch)`.
+
+    alpha 1.0 at `MOBILENET_INPUT`, 1000 classes, `weights=None` (seed 0), and
+    16 uniform [-1, 1) inputs, passed once with `training=True` so the BN
+    statistics are not degenerate. `keras_module`: `keras` (default) or
+    `tf_keras`.
+    """
+    if keras_module is None:
+        import keras as keras_module
+    shape = MOBILENET_INPUT
+    res: dict = {"input_shape": list(shape), "alpha": 1.0, "classes": 1000,
+                 "weights": None}
+    rng = np.random.default_rng(0)
+    representative = rng.uniform(-1, 1, size=(16, *shape)).astype("float32")
+    keras_module.utils.set_random_seed(0)
+    model = keras_module.applications.MobileNetV2(input_shape=shape, weights=None)
+    res["params"] = int(model.count_params())
+    model(representative, training=True)
+    return res, model, representative

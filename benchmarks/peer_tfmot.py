@@ -163,16 +163,7 @@ def overhead(tf, tf_keras, tfmot, data, dense, repeats: int, steps: int, log) ->
 
 
 def mobilenet(tf, tf_keras, tfmot, log, threads=(1, 2)) -> dict:
-    shape = common.MOBILENET_INPUT
-    res: dict = {"input_shape": list(shape), "alpha": 1.0, "classes": 1000,
-                 "weights": None}
-    rng = np.random.default_rng(0)
-    representative = rng.uniform(-1, 1, size=(16, *shape)).astype("float32")
-    tf_keras.utils.set_random_seed(0)
-    model = tf_keras.applications.MobileNetV2(input_shape=shape, weights=None)
-    res["params"] = int(model.count_params())
-    # One short BN-statistics pass so activations are not degenerate.
-    model(representative, training=True)
+    res, model, representative = common.mobilenet_model(tf_keras)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         float_bytes = common.convert_keras(model, "float32")  # also warms the converter up

@@ -27,8 +27,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -38,7 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-SECTIONS = ("digits", "overhead", "mobilenet")
+SECTIONS = common.SECTIONS
 _REPORT_FIELDS = ("bytes", "gzip_bytes", "sparsity", "int8_coverage", "agreement",
                   "max_abs_error", "num_samples", "conversion_seconds", "ops", "notes")
 
@@ -146,15 +144,7 @@ def overhead(data, dense, repeats: int, steps: int, log) -> dict:
 def mobilenet(log, threads=(1, 2)) -> dict:
     import keras
 
-    shape = common.MOBILENET_INPUT
-    res: dict = {"input_shape": list(shape), "alpha": 1.0, "classes": 1000,
-                 "weights": None}
-    rng = np.random.default_rng(0)
-    representative = rng.uniform(-1, 1, size=(16, *shape)).astype("float32")
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=shape, weights=None)
-    res["params"] = int(model.count_params())
-    model(representative, training=True)
+    res, model, representative = common.mobilenet_model(keras)
     with tempfile.TemporaryDirectory() as d:
         float_path = os.path.join(d, "float.tflite")
         first = _export(model, float_path)  # also warms the converter up
@@ -209,65 +199,14 @@ def mobilenet(log, threads=(1, 2)) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", help="write the JSON here too")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--seeds", default=",".join(map(str, common.SEEDS)))
-    parser.add_argument("--repeats", type=int, default=121,
-                        help="interleaved timing rounds (overhead section)")
-    parser.add_argument("--steps", type=int, default=40,
-                        help="timed train steps per round (overhead section)")
-    parser.add_argument("--merge", action="store_true",
-                        help="replace only the sections run in the existing --out "
-                             "JSON, keeping the others (re-measure one section)")
-    args = parser.parse_args(argv)
-    if args.merge and not args.out:
-        parser.error("--merge needs --out (the JSON to merge into).")
-    sections = [s for s in args.sections.split(",") if s]
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        parser.error(f"--sections must be among {SECTIONS}. Received: {sorted(unknown)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    log = common.Clock("qat")
-    result: dict = {"benchmark": "qat", "command": common.command_line(),
-                    "env": common.env_info(), "recipe": common.recipe()}
-    data = common.load_digits_split()
-    dense_holder: list = []
-
-    def digits():
-        rows = []
-        with tempfile.TemporaryDirectory() as workdir:
-            for seed in (seeds if "digits" in sections else seeds[:1]):
-                row, dense = digits_seed(data, seed, workdir, log)
-                rows.append(row)
-                dense_holder.append(dense)
-        return {"seeds": rows, "mean": {k: round(statistics.mean(r[k] for r in rows), 5)
-                                        for k in ("dense_acc", "qat_keras_acc",
+    return common.run_sections(
+        "qat", __doc__, argv, digits_seed=digits_seed, overhead=overhead,
+        mobilenet=mobilenet, mean_keys=("dense_acc", "qat_keras_acc",
                                                   "qat_int8_tflite_acc",
                                                   "qat_int8_minus_float_points",
                                                   "qat_int8_agreement_vs_qat_keras",
                                                   "ptq_int8_tflite_acc",
-                                                  "ptq_int8_minus_float_points")}}
-
-    if "digits" in sections or "overhead" in sections:
-        common.guard_section("digits", digits, result, log)
-        if "digits" not in sections:
-            result.pop("digits", None)
-    if "overhead" in sections:
-        if dense_holder:
-            common.guard_section("overhead", lambda: overhead(data, dense_holder[0], args.repeats,
-                                                args.steps, log), result, log)
-        else:
-            result["overhead"] = {"error": "no trained dense model (digits failed)"}
-    if "mobilenet" in sections:
-        common.guard_section("mobilenet", lambda: mobilenet(log), result, log)
-    result["elapsed_s"] = log.elapsed()
-    if args.merge:
-        result = common.merge_sections(args.out, result, sections)
-    common.emit(result, args.out)
-    return result
-
+                                                  "ptq_int8_minus_float_points"))
 
 
 if __name__ == "__main__":
