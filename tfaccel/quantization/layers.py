@@ -72,28 +72,22 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def build(self, input_shape):
         if self.fixed_range is None:
-            self.range_min = self.add_weight(
-                name="range_min",
-                shape=(),
-                initializer="zeros",
-                trainable=False,
-                aggregation="mean",
-                # Ranges stay float32 under mixed precision: FakeQuant ops
-                # take float32 only.
-                dtype="float32",
-                autocast=False,
-            )
-            self.range_max = self.add_weight(
-                name="range_max",
-                shape=(),
-                initializer="zeros",
-                trainable=False,
-                aggregation="mean",
-                # Ranges stay float32 under mixed precision: FakeQuant ops
-                # take float32 only.
-                dtype="float32",
-                autocast=False,
-            )
+            # Created in this order (min, then max): checkpoints depend on it.
+            self.range_min = self._range_variable("range_min")
+            self.range_max = self._range_variable("range_max")
+
+    def _range_variable(self, name: str):
+        return self.add_weight(
+            name=name,
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            aggregation="mean",
+            # Ranges stay float32 under mixed precision: FakeQuant ops take
+            # float32 only.
+            dtype="float32",
+            autocast=False,
+        )
 
     def call(self, inputs, training=None):
         x = tf.cast(inputs, "float32")
