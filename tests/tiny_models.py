@@ -1,32 +1,10 @@
 """Small real models shared by the tests (import as `tests.tiny_models`)."""
 
 import keras
-import numpy as np
 
-
-def load_digits_split(split=1400, seed=0):
-    """scikit-learn's real 8x8 digits as NHWC float32 in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int32")
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], y[order]
-    return x[:split], y[:split], x[split:], y[split:]
-
-
-def make_cnn(filters=(8, 16), units=10):
-    """The digits CNN: Conv-BN-ReLU x2, Flatten, Dense (logits)."""
-    inputs = keras.Input((8, 8, 1))
-    x = inputs
-    for f in filters:
-        x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(units)(x)
-    return keras.Model(inputs, outputs, name="digits_cnn")
+# The demo's own data and model: one definition of the digits CNN.
+from tfaccel.demo import digits_cnn as make_cnn  # noqa: F401
+from tfaccel.demo import load_digits as load_digits_split  # noqa: F401
 
 
 def make_mlp(units=(32,), classes=10):
