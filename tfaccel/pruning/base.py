@@ -1,0 +1,80 @@
+"""`PruningWrapper`: the interface every pruning wrapper shares.
+
+`PruneLowMagnitude` (unstructured and N:M) and `PruneChannels` (whole
+output channels) differ in what they mask, not in how the rest of tfaccel
+talks to them: a schedule, an int64 step counter in a layer variable,
+`sparsity()`, and `strip()` to plain layers. `sparsity`, `strip_pruning`,
+export and `PruningSummary` use only this interface, so a new pruning
+technique is a new subclass, not a new branch in each of them.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfaccel.schedules import PruningSchedule
+
+__all__ = ["PruningWrapper", "pruning_wrappers"]
+
+
+class PruningWrapper(keras.layers.Wrapper):
+    """Base class of tfaccel's pruning wrappers.
+
+    Subclasses set `schedule` (a `tfaccel.schedules.PruningSchedule`) and
+    `structure` in `__init__`, create their int64 step counter in `build`
+    and implement `sparsity` and `strip`. A subclass whose strip changes
+    shapes across layers (channel pruning removes the consumers' input
+    channels too) also implements `strip_model`.
+    """
+
+    #: "unstructured", an "N:M" pattern such as "2:4", or "channels".
+    structure: str = "unstructured"
+    schedule: PruningSchedule
+
+    @property
+    def step(self) -> keras.Variable:
+        """The int64 count of training calls so far (a layer variable)."""
+        raise NotImplementedError
+
+    def sparsity(self) -> dict[str, float]:
+        """Fraction of exact zeros of each weight the layer computes with.
+
+        Keys are `"layer_name/weight_name"`, the same as for the stripped
+        layer, so `tfaccel.sparsity` reads alike before and after `strip`.
+        """
+        raise NotImplementedError
+
+    def strip(self) -> list[keras.layers.Layer]:
+        """Plain, built layers with the masks baked in, applied in order.
+
+        Together they compute what the wrapper computes at inference.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def strip_model(cls, model: keras.Model) -> keras.Model | None:
+        """Strip every wrapper of this class in `model` at once, or None.
+
+        None (the default) means each wrapper's own `strip` is enough.
+        """
+        return None
+
+    def unfinished(self) -> str | None:
+        """Why the target is not reached yet (schedule before `end_step`), or None."""
+        schedule = self.schedule
+        step = int(keras.ops.convert_to_numpy(self.step))
+        # The last training call saw step `step - 1`.
+        if schedule.end_step < 0 or step - 1 >= schedule.end_step:
+            return None
+        reached = ", ".join(f"{k}={v:.4f}" for k, v in self.sparsity().items())
+        return (
+            f"layer '{self.name}' at step {step}, end_step={schedule.end_step}, "
+            f"target sparsity {schedule.final_sparsity:g}, reached: {reached}"
+        )
+
+
+def pruning_wrappers(model: keras.Model) -> list[PruningWrapper]:
+    """Every `PruningWrapper` inside `model`, nested models included."""
+    from tfaccel.graph import all_layers
+
+    return [layer for layer in all_layers(model) if isinstance(layer, PruningWrapper)]
