@@ -234,9 +234,10 @@ def test_errors():
         prune(flat)
     with pytest.raises(ValueError, match=r"'unstructured' or an 'N:M'.*Received: structure='2-4'"):
         prune(model, structure="2-4")
-    # The first conv has 1 input channel: 2:4 cannot group it.
-    with pytest.raises(ValueError, match=r"structure='2:4' needs M=4 to divide.*\(3, 3, 1, 8\)"):
-        prune(model, structure="2:4")
+    # The first conv has 1 input channel: 2:4 cannot group it. Named, it is
+    # an error; by default it stays dense with a warning (see test_nm_skip).
+    with pytest.raises(ValueError, match=r"structure='2:4' needs M=4 to divide.*'conv2d'.*\(3, 3, 1, 8\)"):
+        prune(model, structure="2:4", layers=["conv2d"])
     with pytest.raises(TypeError, match=r"`schedule` must be a tfaccel.schedules.PruningSchedule. Received: schedule=0.5"):
         prune(model, schedule=0.5)
     with pytest.raises(TypeError, match=r"`layers` must be None, a list.*Received: layers=5"):

@@ -8,7 +8,15 @@ parser of "which layers". Pruning, channel pruning, quantization and export
 are plans over this package; no feature walks a graph on its own.
 """
 
-from tfaccel.graph.reader import OUTPUT, Graph, Node, all_layers, as_functional, read
+from tfaccel.graph.reader import (
+    OUTPUT,
+    Graph,
+    Node,
+    all_layers,
+    as_functional,
+    read,
+    tensor_name,
+)
 from tfaccel.graph.rebuild import (
     IDENTITY,
     Replacement,
@@ -34,4 +42,5 @@ __all__ = [
     "read",
     "rebuild",
     "selector",
+    "tensor_name",
 ]

@@ -23,7 +23,9 @@ __all__ = [
 
 def is_functional(model) -> bool:
     """Whether `model` holds a graph of nodes (functional or Sequential)."""
-    return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+    return isinstance(model, keras.Sequential) or (
+        isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+    )
 
 
 def nodes_by_depth(model) -> dict:

@@ -20,7 +20,15 @@ import keras
 
 from tfaccel.graph import _keras
 
-__all__ = ["Graph", "Node", "OUTPUT", "all_layers", "as_functional", "read"]
+__all__ = [
+    "Graph",
+    "Node",
+    "OUTPUT",
+    "all_layers",
+    "as_functional",
+    "read",
+    "tensor_name",
+]
 
 #: Stands for "the model's output" among a node's consumers.
 OUTPUT = "<model output>"
@@ -203,9 +211,11 @@ def as_functional(model: keras.Model) -> keras.Model:
         )
     if not _keras.is_functional(model) or not model.inputs:
         raise ValueError(
-            "Expected a Sequential or functional Keras model (a subclassed "
-            "model has no graph to rewrite: build it with the functional API). "
-            f"Received: model {model.name!r} of class {type(model).__name__}"
+            "`model` must be a Sequential or functional Keras model: a "
+            "subclassed model has no graph of layers to rewrite. Build it with "
+            "the functional API, or wrap its layers directly (for example in "
+            "`tfaccel.pruning.PruneLowMagnitude`). Received: model of type "
+            f"{type(model).__name__} ({model.name!r})"
         )
     return model
 
@@ -213,3 +223,12 @@ def as_functional(model: keras.Model) -> keras.Model:
 def all_layers(model: keras.Model) -> list:
     """Every layer inside `model`, nested models and wrapped layers included."""
     return _keras.flatten_layers(model)
+
+
+def tensor_name(tensor) -> str:
+    """The name of the layer or operation that made a symbolic tensor.
+
+    For a model input, its `InputLayer`'s name (`keras.Input(name=...)`).
+    """
+    operation = _keras.producer(tensor)[0]
+    return operation.name if operation is not None else tensor.name

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from tfaccel.graph import _keras
-from tfaccel.graph.reader import Graph, Node, read
+from tfaccel.graph.reader import Graph, Node, read, tensor_name
 
 __all__ = [
     "IDENTITY",
@@ -156,9 +156,9 @@ class _Rebuilder:
 
 def _new_input(tensor) -> keras.KerasTensor:
     """A new model input like `tensor`, named after its InputLayer."""
-    layer = _keras.producer(tensor)[0]
-    name = layer.name if layer is not None else tensor.name
-    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name)
+    return keras.Input(
+        batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor_name(tensor)
+    )
 
 
 def _sequential_layers(replaced: list[Replacement]) -> list | None:

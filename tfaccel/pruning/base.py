@@ -59,10 +59,14 @@ class PruningWrapper(keras.layers.Wrapper):
         """
         return None
 
+    def steps_done(self) -> int:
+        """Training steps seen so far (the step counter as a python int)."""
+        return int(keras.ops.convert_to_numpy(self.step))
+
     def unfinished(self) -> str | None:
         """Why the target is not reached yet (schedule before `end_step`), or None."""
         schedule = self.schedule
-        step = int(keras.ops.convert_to_numpy(self.step))
+        step = self.steps_done()
         # The last training call saw step `step - 1`.
         if schedule.end_step < 0 or step - 1 >= schedule.end_step:
             return None

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 
+from tfaccel import graph
 from tfaccel._warnings import TfaccelWarning
+from tfaccel.graph import LayerSelector, Replacement, copy_layer
 from tfaccel.pruning.allocation import allocate, check_allocation
+from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
 from tfaccel.pruning.masks import parse_structure
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
-from tfaccel.pruning.wrapper import PruneLowMagnitude
+from tfaccel.pruning.wrapper import PruneLowMagnitude, fits_pattern
 from tfaccel.schedules import (
     ConstantSparsity,
     PruningSchedule,
@@ -21,74 +23,6 @@ from tfaccel.schedules import (
 )
 
 __all__ = ["prune", "strip_pruning", "sparsity"]
-
-LayerSelector = (
-    Sequence[str | type] | Callable[[keras.layers.Layer], bool] | None
-)
-
-
-def _check_model(model, argument="model"):
-    # A functional model has a graph of nodes; a subclassed one has none.
-    if isinstance(model, keras.Sequential) or (
-        isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
-    ):
-        return
-    if isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{argument}` must be a Sequential or functional Keras model; "
-            "subclassed models cannot be cloned layer by layer. Build it as "
-            "a Sequential/functional model, or wrap its layers with "
-            "`tfaccel.pruning.PruneLowMagnitude` directly. Received: "
-            f"{argument} of type {type(model).__name__}"
-        )
-    raise TypeError(
-        f"`{argument}` must be a keras.Model. Received: {argument}={model!r}"
-    )
-
-
-def _selector(layers) -> Callable[[keras.layers.Layer], bool]:
-    if layers is None:
-        return lambda layer: True
-    if callable(layers) and not isinstance(layers, type):
-        return layers
-    if isinstance(layers, (str, type)):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple, set)):
-        raise TypeError(
-            "`layers` must be None, a list of layer names and/or layer "
-            f"classes, or a predicate `layer -> bool`. Received: layers={layers!r}"
-        )
-    names, classes = set(), []
-    for item in layers:
-        if isinstance(item, str):
-            names.add(item)
-        elif isinstance(item, type) and issubclass(item, keras.layers.Layer):
-            classes.append(item)
-        else:
-            raise TypeError(
-                "`layers` entries must be layer names (str) or "
-                f"keras.layers.Layer subclasses. Received entry: {item!r}"
-            )
-    classes = tuple(classes)
-    return lambda layer: layer.name in names or isinstance(layer, classes)
-
-
-def _copy_layer(layer):
-    new = layer.__class__.from_config(layer.get_config())
-    build_config = layer.get_build_config() if layer.built else None
-    if build_config:
-        # Build before wrapping: multi-input layers (MultiHeadAttention)
-        # cannot be built from the wrapper's single input shape.
-        new.build_from_config(build_config)
-    return new
-
-
-def _copy_weights(pairs):
-    for source, target in pairs:
-        values = [v.numpy() for v in source.weights]
-        if values:
-            target.set_weights(values)
-
 
 def prune(
     model: keras.Model,
@@ -122,9 +56,11 @@ def prune(
             `"channels"` (whole output channels, see
             `tfaccel.pruning.prune_channels`; `strip_pruning` then rebuilds a
             smaller model).
-        layers: which layers to prune: None (every prunable layer), a list
-            of layer names and/or layer classes, or a predicate
-            `layer -> bool`.
+        layers: which layers to prune: None (every prunable layer), a
+            layer name, layer or class, a predicate `layer -> bool`, or a
+            list of these (see `tfaccel.graph.selector`). With N:M, a layer
+            whose input channels M does not divide (an RGB stem conv) is
+            left dense with a warning unless `layers` selects it.
         allocation: how the schedule's sparsity is shared among the
             selected layers (unstructured only, see
             `tfaccel.pruning.allocation`): `"uniform"` (each layer gets it)
@@ -145,7 +81,7 @@ def prune(
             layer.
         TypeError: for arguments of the wrong type.
     """
-    _check_model(model)
+    source = graph.read(model)
     schedule = check_schedule(ConstantSparsity(0.5) if schedule is None else schedule)
     check_allocation(allocation)
     if allocation != "uniform" and structure != "unstructured":
@@ -159,64 +95,103 @@ def prune(
         # `prune_channels` copies the layers it rebuilds: `model` is untouched.
         from tfaccel.pruning.channels import prune_channels
 
-        if isinstance(layers, type) or (
-            isinstance(layers, (list, tuple, set))
-            and any(isinstance(item, type) for item in layers)
-        ):
-            # Layer classes (accepted here, not by `prune_channels`).
-            layers = _selector(layers)
         return prune_channels(model, schedule=schedule, layers=layers)
-    parse_structure(structure)
-    selected = _selector(layers)
-    schedules = _allocate(model, selected, schedule, allocation)
-    matched, wrapped, pairs = [], [], []
-
-    def clone(layer):
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, PruneLowMagnitude):
+    nm = parse_structure(structure)
+    selected = graph.selector(layers, "layers")
+    candidates = _layers(source)
+    for layer in candidates:
+        if isinstance(layer, PruningWrapper):
             raise ValueError(
                 f"Layer '{layer.name}' is already pruned. Call "
                 "`strip_pruning(model)` first to prune it again."
             )
-        chosen = bool(selected(layer))
-        if chosen:
-            matched.append(layer.name)
-        new = _copy_layer(layer)
-        pairs.append((layer, new))
-        layer_schedule = schedules.get(id(layer), schedule)
-        if chosen and is_prunable(layer) and layer_schedule is not None:
-            wrapped.append(layer.name)
-            return PruneLowMagnitude(new, layer_schedule, structure, name=layer.name)
-        return new
+    selected.check_names(candidates, model.name)
+    matched = [
+        layer for layer in candidates if selected.empty or selected(layer)
+    ]
+    chosen = [layer for layer in matched if is_prunable(layer)]
+    if nm is not None:
+        chosen = _fit_pattern(chosen, nm, structure, selected)
+    schedules = _allocate(chosen, schedule, allocation)
+    wrapped: dict[int, PruneLowMagnitude] = {}
 
-    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    if layers is not None and not matched:
-        raise ValueError(
-            f"`layers` matched no layer of model '{model.name}'. Received: "
-            f"layers={layers!r}; layer names: "
-            f"{[layer.name for layer in model.layers]}"
+    def plan(node, graph_):
+        layer = node.operation
+        layer_schedule = schedules.get(id(layer), schedule)
+        if id(layer) not in {id(x) for x in chosen} or layer_schedule is None:
+            return None
+        inner = copy_layer(layer)
+        wrapper = PruneLowMagnitude(
+            inner,
+            layer_schedule,
+            structure,
+            calls_per_step=len(graph_.calls(layer)),
+            name=layer.name,
         )
+        wrapped[id(layer)] = wrapper
+        return Replacement(wrapper, weights=[(layer, inner)])
+
+    new_model = graph.rebuild(model, plan)
     if not wrapped:
         raise ValueError(
             f"No prunable layer selected in model '{model.name}' (selected: "
-            f"{matched}). Prunable layers are Dense, Conv*, EinsumDense, "
-            "Embedding, MultiHeadAttention, ... and layers registered with "
-            "`register_prunable` or defining `get_prunable_weights()`."
+            f"{[layer.name for layer in matched]}). Prunable layers are Dense, "
+            "Conv*, EinsumDense, Embedding, MultiHeadAttention, ... and layers "
+            "registered with `register_prunable` or defining "
+            "`get_prunable_weights()`."
         )
-    _copy_weights(pairs)
     return new_model
 
 
-def _allocate(model, selected, schedule, allocation) -> dict:
+def _layers(source: graph.Graph) -> list:
+    """Every layer called in `source` or in its nested models, once each."""
+    seen, result = set(), []
+    for _, node in source.walk():
+        if node.is_layer and not node.is_model and id(node.operation) not in seen:
+            seen.add(id(node.operation))
+            result.append(node.operation)
+    return result
+
+
+def _fit_pattern(layers: list, nm, structure: str, selected) -> list:
+    """The layers whose weights an N:M pattern tiles; warn about the rest.
+
+    A layer the user selected by name, object, class or predicate raises
+    instead: it was asked for explicitly.
+    """
+    _, m = nm
+    fitting, left = [], []
+    for layer in layers:
+        misfits = [
+            f"'{variable.path}' {tuple(variable.shape)} axis {axis}"
+            for variable, axis in (prunable_weights(layer) if layer.built else [])
+            if not fits_pattern(variable, axis, m)
+        ]
+        if not misfits:
+            fitting.append(layer)
+        elif not selected.empty and selected(layer):
+            raise ValueError(
+                f"structure='{structure}' needs M={m} to divide the "
+                f"input-channel axis of every weight of layer '{layer.name}'. "
+                f"Received: {', '.join(misfits)}"
+            )
+        else:
+            left.append(f"'{layer.name}' ({', '.join(misfits)})")
+    if left:
+        warnings.warn(
+            f"structure='{structure}': left dense the layers whose input "
+            f"channels M={m} does not divide: {'; '.join(left)}. Name a layer "
+            "in `layers` to get an error instead.",
+            TfaccelWarning,
+            stacklevel=3,
+        )
+    return fitting
+
+
+def _allocate(layers: list, schedule, allocation) -> dict:
     """id(layer) -> its schedule, or None for a layer left dense."""
     if allocation == "uniform" or schedule.final_sparsity == 0.0:
         return {}
-    layers = [
-        layer for layer in _walk(model)
-        if not isinstance(layer, keras.layers.InputLayer)
-        and selected(layer) and is_prunable(layer)
-    ]
     unbuilt = [layer.name for layer in layers if not layer.built]
     if unbuilt:
         raise ValueError(
@@ -239,8 +214,8 @@ def _allocate(model, selected, schedule, allocation) -> dict:
 def strip_pruning(model: keras.Model) -> keras.Model:
     """Return a plain copy of `model` with `weight * mask` baked in.
 
-    Every `PruneLowMagnitude` is replaced by its inner layer holding the
-    masked weights; predictions are identical. A model pruned with
+    Every pruning wrapper is replaced by the plain layers its `strip()`
+    gives; predictions are identical. A model pruned with
     `structure="channels"` is rebuilt smaller instead (`shrink`): pruned
     filters and the matching input channels of their consumers are removed.
     Warns (`TfaccelWarning`) when a wrapper's schedule (unstructured, N:M or
@@ -259,67 +234,26 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     Returns:
         A new Keras model without pruning wrappers.
     """
-    _check_model(model)
-    from tfaccel.pruning.channels import PruneChannels
+    graph.read(model)  # a clear error for a subclassed model
+    wrappers = pruning_wrappers(model)
+    _warn_unfinished(wrappers)
+    for cls in dict.fromkeys(type(wrapper) for wrapper in wrappers):
+        stripped = cls.strip_model(model)
+        if stripped is not None:
+            model = stripped
 
-    channel_wrappers = [x for x in _walk(model) if isinstance(x, PruneChannels)]
-    if channel_wrappers:
-        from tfaccel.pruning.shrink import shrink
+    def plan(node, graph_):
+        if not isinstance(node.operation, PruningWrapper):
+            return None
+        first, *rest = node.operation.strip()
+        return Replacement(first, after=rest)
 
-        _warn_unfinished(channel_wrappers)
-        return shrink(model)
-    pairs, baked = [], []
-
-    def clone(layer):
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer.__class__.from_config(layer.get_config())
-        if not isinstance(layer, PruneLowMagnitude):
-            new = _copy_layer(layer)
-            pairs.append((layer, new))
-            return new
-        inner = layer.layer
-        new = _copy_layer(inner)
-        baked.append((layer, new))
-        return new
-
-    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    _warn_unfinished([wrapper for wrapper, _ in baked])
-    _copy_weights(pairs)
-    for wrapper, new in baked:
-        masked = {id(v): value for v, value in wrapper.masked_weights()}
-        values = [
-            masked.get(id(v), v.numpy())
-            for v in wrapper.layer.weights
-        ]
-        new.set_weights(values)
-    return new_model
+    return graph.rebuild(model, plan)
 
 
 def _warn_unfinished(wrappers: list) -> None:
-    """Warn about `PruneLowMagnitude`/`PruneChannels` stripped too early."""
-    lines = []
-    for wrapper in wrappers:
-        schedule = wrapper.schedule
-        if not isinstance(schedule, PruningSchedule):
-            continue  # a channel wrapper's fixed fraction: reached at once
-        if isinstance(wrapper, PruneLowMagnitude):
-            step = int(wrapper.pruning_step.numpy())
-        else:
-            step = int(wrapper.step.numpy())
-        # The last training call saw step `step - 1`.
-        if schedule.end_step >= 0 and step - 1 < schedule.end_step:
-            if isinstance(wrapper, PruneLowMagnitude):
-                reached = ", ".join(
-                    f"{k}={v:.4f}" for k, v in wrapper.get_sparsity().items()
-                )
-            else:
-                masked = float(np.mean(wrapper.mask.numpy() == 0))
-                reached = f"masked channels={masked:.4f}"
-            lines.append(
-                f"layer '{wrapper.name}' at step {step}, end_step="
-                f"{schedule.end_step}, target sparsity "
-                f"{schedule.final_sparsity:g}, reached: {reached}"
-            )
+    """Warn about pruning wrappers stripped before their schedule's end."""
+    lines = [line for line in (w.unfinished() for w in wrappers) if line]
     if lines:
         warnings.warn(
             "Stripped pruning wrappers before their schedule's end_step; "
@@ -330,20 +264,13 @@ def _warn_unfinished(wrappers: list) -> None:
         )
 
 
-def _walk(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and not isinstance(layer, PruneLowMagnitude):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def sparsity(model: keras.Model) -> dict[str, float]:
     """Fraction of exact zeros of every prunable weight, by weight key.
 
-    Works on wrapped models (counts zeros of `weight * mask`, including the
-    kernels of channel-pruned layers) and plain or stripped ones; keys
-    (`"layer_name/weight_name"`) are the same for both.
+    Works on wrapped models (counts zeros of the weights the wrappers
+    compute with, including the kernels of channel-pruned layers) and plain
+    or stripped ones; keys (`"layer_name/weight_name"`) are the same for
+    both.
 
     Example:
 
@@ -361,19 +288,21 @@ def sparsity(model: keras.Model) -> dict[str, float]:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
-    from tfaccel.pruning.channels import PruneChannels
-
     result = {}
-    for layer in _walk(model):
-        if isinstance(layer, PruneLowMagnitude):
-            result.update(layer.get_sparsity())
-        elif isinstance(layer, PruneChannels):
-            # Masked output channels are zeros of the kernel the layer uses.
-            kernel = layer.layer.kernel
-            value = kernel.numpy() * layer.mask.numpy()
-            result[weight_key(layer.layer, kernel)] = float(np.mean(value == 0))
+    for layer in _outside_wrappers(model):
+        if isinstance(layer, PruningWrapper):
+            result.update(layer.sparsity())
         elif layer.built and is_prunable(layer):
             for variable, _ in prunable_weights(layer):
                 value = variable.numpy()
                 result[weight_key(layer, variable)] = float(np.mean(value == 0))
     return result
+
+
+def _outside_wrappers(model):
+    """Layers of `model` and its nested models, not looking inside wrappers."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _outside_wrappers(layer)
+        else:
+            yield layer

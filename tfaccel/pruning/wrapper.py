@@ -7,15 +7,22 @@ import numpy as np
 import tensorflow as tf
 
 from tfaccel._substitute import full_precision, substitute
+from tfaccel.graph import copy_layer
+from tfaccel.pruning.base import PruningWrapper
 from tfaccel.pruning.masks import nm_mask, parse_structure, unstructured_mask
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
 from tfaccel.schedules import ConstantSparsity, PruningSchedule, check_schedule
 
-__all__ = ["PruneLowMagnitude"]
+__all__ = ["PruneLowMagnitude", "fits_pattern"]
+
+
+def fits_pattern(variable, axis: int, m: int) -> bool:
+    """Whether an N:M pattern with this M tiles `variable`'s input axis."""
+    return variable.shape[axis] % m == 0
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
-class PruneLowMagnitude(keras.layers.Wrapper):
+class PruneLowMagnitude(PruningWrapper):
     """Train a layer with its smallest-magnitude weights masked to zero.
 
     The wrapped layer computes with `weight * mask` in place of each prunable
@@ -42,7 +49,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     >>> layer = PruneLowMagnitude(
     ...     keras.layers.Dense(4, name="dense"), ConstantSparsity(0.5, frequency=1))
     >>> y = layer(np.ones((2, 8), "float32"), training=True)
-    >>> layer.get_sparsity()
+    >>> layer.sparsity()
     {'dense/kernel': 0.5}
 
     Args:
@@ -51,6 +58,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
             `ConstantSparsity(0.5)`.
         structure: `"unstructured"` or an `"N:M"` string such as `"2:4"`.
+        calls_per_step: how many times the model calls this layer in one
+            training step (2+ for a layer shared by several branches): the
+            schedule then advances once per step, not once per call.
         **kwargs: base layer arguments (`name`, ...).
 
     Call arguments:
@@ -63,9 +73,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         layer: keras.layers.Layer,
         schedule: PruningSchedule | None = None,
         structure: str = "unstructured",
+        calls_per_step: int = 1,
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
+        if (
+            isinstance(calls_per_step, bool)
+            or not isinstance(calls_per_step, (int, np.integer))
+            or calls_per_step < 1
+        ):
+            raise ValueError(
+                "`calls_per_step` must be a positive integer. Received: "
+                f"calls_per_step={calls_per_step!r}"
+            )
+        self.calls_per_step = int(calls_per_step)
         self.schedule = check_schedule(
             ConstantSparsity(0.5) if schedule is None else schedule
         )
@@ -92,8 +113,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if self._nm is not None:
             n, m = self._nm
             for variable, axis in self._pruned:
-                size = variable.shape[axis]
-                if size % m:
+                if not fits_pattern(variable, axis, m):
                     raise ValueError(
                         f"structure='{self.structure}' needs M={m} to divide "
                         f"the input-channel axis ({axis}) of "
@@ -148,7 +168,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def update_masks(self):
         """Advance one training step: recompute masks if the schedule says so."""
-        should_prune, sparsity = self.schedule(self.pruning_step)
+        step = self.pruning_step
+        if self.calls_per_step > 1:
+            step = step // self.calls_per_step
+        should_prune, sparsity = self.schedule(step)
 
         def prune():
             # Rank the float32 weights, not their bfloat16/float16 autocast
@@ -162,7 +185,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         tf.cond(should_prune, prune, lambda: tf.constant(False))
         self.pruning_step.assign_add(1)
 
-    def call(self, inputs, *args, training=None, **kwargs):
+    def call(self, *args, training=None, **kwargs):
+        # `*args`: layers called with keywords only (`query=`, `value=`)
+        # are wrapped too.
         if training:
             self.update_masks()
         mapping = [
@@ -170,7 +195,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for (variable, _), mask in zip(self._pruned, self.masks)
         ]
         with substitute(mapping, tracked=self.layer.variables, owner=self.layer):
-            return self.layer(inputs, *args, training=training, **kwargs)
+            return self.layer(*args, training=training, **kwargs)
+
+    @property
+    def step(self) -> keras.Variable:
+        """The int64 count of training calls so far (`pruning_step`)."""
+        return self.pruning_step
+
+    def steps_done(self) -> int:
+        return int(self.pruning_step.numpy()) // self.calls_per_step
 
     def masked_weights(self) -> list[tuple[keras.Variable, np.ndarray]]:
         """`(variable, weight * mask as numpy)` for each pruned weight."""
@@ -179,17 +212,30 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for (variable, _), mask in zip(self._pruned, self.masks)
         ]
 
-    def get_sparsity(self) -> dict[str, float]:
-        """Fraction of exact zeros in `weight * mask`, by weight path."""
+    def sparsity(self) -> dict[str, float]:
+        """Fraction of exact zeros in `weight * mask`, by weight key."""
         return {
             weight_key(self.layer, variable): float(np.mean(value == 0))
             for variable, value in self.masked_weights()
         }
 
+    def get_sparsity(self) -> dict[str, float]:
+        """Alias of `sparsity()` (the name tfaccel 0.1 used)."""
+        return self.sparsity()
+
+    def strip(self) -> list[keras.layers.Layer]:
+        """The wrapped layer's plain copy holding `weight * mask`."""
+        new = copy_layer(self.layer)
+        masked = {id(v): value for v, value in self.masked_weights()}
+        new.set_weights([masked.get(id(v), v.numpy()) for v in self.layer.weights])
+        return [new]
+
     def get_config(self):
         config = super().get_config()
         config["schedule"] = keras.saving.serialize_keras_object(self.schedule)
         config["structure"] = self.structure
+        if self.calls_per_step != 1:
+            config["calls_per_step"] = self.calls_per_step
         return config
 
     @classmethod

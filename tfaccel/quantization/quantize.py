@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfaccel import _graph
+from tfaccel import graph
+from tfaccel.graph import IDENTITY, OUTPUT, LayerSelector, Replacement, copy_layer
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -24,137 +24,159 @@ from tfaccel.quantization.registry import (
 __all__ = ["calibrate", "is_quantized", "quantize"]
 
 _KERNEL_KINDS = ("per_channel", "depthwise", "per_tensor")
-SkipSpec = str | type | Callable[[keras.layers.Layer], bool] | Iterable[Any] | None
-
-
-class _Fused:
-    """Stands in for a layer folded into the QuantizeWrapper before it."""
-
-    def __init__(self, layer):
-        self.layer = layer
-
-
-def _skip_predicate(skip: SkipSpec) -> Callable[[keras.layers.Layer], bool]:
-    if skip is None:
-        return lambda layer: False
-    items = [skip] if isinstance(skip, (str, type)) or callable(skip) else list(skip)
-    names, classes, predicates = set(), [], []
-    for item in items:
-        if isinstance(item, keras.layers.Layer):
-            # A layer is callable too: match it by name, not as a predicate
-            # (the model may be rewritten first, e.g. pruning stripped).
-            names.add(item.name)
-        elif isinstance(item, str):
-            names.add(item)
-        elif isinstance(item, type):
-            classes.append(item)
-        elif callable(item):
-            predicates.append(item)
-        else:
-            raise ValueError(
-                "`skip` entries must be layer names, layers, layer classes or "
-                f"predicates `fn(layer) -> bool`. Received: {item!r}"
-            )
-    classes = tuple(classes)
-
-    def predicate(layer):
-        return (
-            layer.name in names
-            or (bool(classes) and isinstance(layer, classes))
-            or any(p(layer) for p in predicates)
-        )
-
-    return predicate
+_QAT_LAYERS = (ActivationQuantizer, QuantizeWrapper, QuantizedActivation)
 
 
 def _strip_pruning(model):
-    from tfaccel.pruning import PruneLowMagnitude, strip_pruning
+    from tfaccel.pruning import strip_pruning
+    from tfaccel.pruning.base import pruning_wrappers
 
-    if any(isinstance(layer, PruneLowMagnitude) for layer in _graph.all_layers(model)):
-        return strip_pruning(model)
-    return model
+    return strip_pruning(model) if pruning_wrappers(model) else model
 
 
 class _Planner:
-    """Decides, per original layer, what replaces it in the QAT graph."""
+    """Decides, per operation of the original graph, what it becomes."""
 
-    def __init__(self, skip):
+    def __init__(self, skip: graph.Selector):
         self.skip = skip
-        self.fused: dict[int, keras.layers.Layer] = {}  # follower -> kernel layer
-        self.followers: dict[int, tuple] = {}  # kernel layer -> (bn, act, own act)
+        self.fused: set[int] = set()  # BN / activation folded into a kernel
+        self.followers: dict[int, tuple] = {}  # kernel op -> (bn, act, own act)
         self.kinds: dict[int, str] = {}
         self.errors: list[str] = []
 
-    def plan(self, model):
-        cons = _graph.consumers(model)
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.InputLayer):
+    def plan(self, source: graph.Graph) -> None:
+        for node in source.nodes:
+            op = node.operation
+            if id(op) in self.fused or id(op) in self.kinds:
+                continue  # folded, or a shared layer seen at its first call
+            if node.is_model and not self.skip(op):
+                self.plan(graph.read(op))
                 continue
-            if id(layer) in self.fused:
-                continue
-            if isinstance(layer, keras.Model) and not self.skip(layer):
-                self.plan(_graph.as_functional(layer))
-                continue
-            if self.skip(layer):
+            if self.skip(op):
                 # Quantize a float layer's output only where a quantized op
                 # reads it: that is where TFLite puts a QUANTIZE op.
-                users = cons.get(id(layer), [])
                 feeds_int8 = any(
-                    not isinstance(u, keras.Model) and not self.skip(u) for u in users
+                    user is not OUTPUT
+                    and not user.is_model
+                    and not self.skip(user.operation)
+                    for user in source.consumers(node)
                 )
-                self.kinds[id(layer)] = "skip_to_int8" if feeds_int8 else "skip"
+                self.kinds[id(op)] = "skip_to_int8" if feeds_int8 else "skip"
                 continue
-            kind = quantize_kind(layer)
+            kind = quantize_kind(op)
             if kind is None:
-                self.errors.append(
-                    f"layer {layer.name!r} of class {type(layer).__name__}"
-                )
+                what = "layer" if node.is_layer else "operation"
+                self.errors.append(f"{what} {op.name!r} of class {type(op).__name__}")
                 continue
-            self.kinds[id(layer)] = kind
+            self.kinds[id(op)] = kind
             if kind in _KERNEL_KINDS:
-                self._plan_fusion(layer, cons)
+                self._plan_fusion(node, source)
 
-    def _single(self, layer, cons):
-        users = cons.get(id(layer), [])
-        if len(users) != 1 or _graph.calls(layer) != 1:
-            return None
-        user = users[0]
-        if isinstance(user, keras.Model) or self.skip(user) or _graph.calls(user) != 1:
+    def _follower(self, node, source):
+        user = source.only_consumer(node)
+        if user is None or user.is_model or self.skip(user.operation):
             return None
         return user
 
-    def _plan_fusion(self, layer, cons):
+    def _plan_fusion(self, node, source) -> None:
+        layer = node.operation
         bn = act = act_layer = None
         own = _activation_name(getattr(layer, "activation", None) or "linear")
-        tail = layer
+        tail = node
         if own == "linear":
-            user = self._single(layer, cons)
+            user = self._follower(node, source)
             if (
-                isinstance(user, keras.layers.BatchNormalization)
-                and quantize_kind(user) == "output"
-                and not getattr(user, "renorm", False)
+                user is not None
+                and isinstance(user.operation, keras.layers.BatchNormalization)
+                and quantize_kind(user.operation) == "output"
+                and not getattr(user.operation, "renorm", False)
             ):
-                bn = tail = user
-            user = self._single(tail, cons)
-            if user is not None and fusable_activation(user):
-                act, act_layer = fusable_activation(user), user
+                bn, tail = user.operation, user
+            user = self._follower(tail, source)
+            if user is not None and user.is_layer and fusable_activation(user.operation):
+                act, act_layer = fusable_activation(user.operation), user.operation
         elif own in ("relu", "relu6"):
             act = own
         for follower in (bn, act_layer):
             if follower is not None:
-                self.fused[id(follower)] = layer
+                self.fused.add(id(follower))
                 self.kinds.pop(id(follower), None)
         self.followers[id(layer)] = (bn, act or "linear", own)
 
 
-def _clone_plain(layer):
-    return layer.__class__.from_config(layer.get_config())
+class _Rewrite:
+    """The plan over `tfaccel.graph`: what each node of the model becomes."""
+
+    def __init__(self, planner: _Planner, ema_decay: float):
+        self.planner = planner
+        self.ema_decay = ema_decay
+        self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, original)
+
+    def quantizer(self, name: str) -> ActivationQuantizer:
+        return ActivationQuantizer(ema_decay=self.ema_decay, name=f"{name}_quant")
+
+    def __call__(self, node, source):
+        op = node.operation
+        if id(op) in self.planner.fused:
+            return IDENTITY
+        kind = self.planner.kinds.get(id(op))
+        if kind in _KERNEL_KINDS:
+            return self.kernel(op, kind)
+        if kind == "activation" and fusable_activation(op) is None and (
+            type(op) is keras.layers.Activation or isinstance(op, keras.layers.Softmax)
+        ):
+            name = (
+                "softmax"
+                if isinstance(op, keras.layers.Softmax)
+                else _activation_name(op.activation)
+            )
+            return QuantizedActivation(name, ema_decay=self.ema_decay, name=f"quant_{op.name}")
+        if kind not in ("output", "skip_to_int8", "activation"):
+            return None  # a copy (passthrough, skipped, nested model)
+        if node.is_model:
+            new = graph.rebuild(op)  # a skipped nested model, kept float
+        elif node.is_layer:
+            new = copy_layer(op)
+            return Replacement(new, after=[self.quantizer(op.name)], weights=[(op, new)])
+        else:
+            new = op  # a `keras.ops` call: stateless
+        return Replacement(new, after=[self.quantizer(op.name)])
+
+    def kernel(self, layer, kind) -> Replacement:
+        bn, act, own = self.planner.followers[id(layer)]
+        config = layer.get_config()
+        config["activation"] = "linear"
+        inner = layer.__class__.from_config(config)
+        norm = None if bn is None else copy_layer(bn)
+        kernel = np.asarray(layer.get_weights()[0])
+        wrapper = QuantizeWrapper(
+            inner,
+            batch_norm=norm,
+            activation=act,
+            weight_mode=kind,
+            preserve_sparsity=bool(np.any(kernel == 0)),
+            ema_decay=self.ema_decay,
+            name=f"quant_{layer.name}",
+        )
+        self.wrappers.append((wrapper, layer))
+        after = []
+        if own not in ("linear", "relu", "relu6"):
+            after.append(
+                QuantizedActivation(own, ema_decay=self.ema_decay, name=f"{wrapper.name}_act")
+            )
+        pairs = [(layer, inner)] + ([] if bn is None else [(bn, norm)])
+        return Replacement(wrapper, after=after, weights=pairs)
+
+    def input_quantizer(self, tensor):
+        if "float" not in str(tensor.dtype):
+            return None
+        return self.quantizer(graph.tensor_name(tensor))
 
 
 def quantize(
     model: keras.Model,
     calibration_data: Any = None,
-    skip: SkipSpec = None,
+    skip: LayerSelector = None,
     *,
     ema_decay: float = 0.99,
     calibration_batch_size: int = 32,
@@ -165,7 +187,8 @@ def quantize(
     Dense layers with their BatchNormalization folded in and ReLU/ReLU6
     fused become `QuantizeWrapper`s (int8 weights per channel for
     convolutions, per tensor for Dense), the model inputs and every op with
-    its own int8 output scale get an `ActivationQuantizer`, and activations
+    its own int8 output scale (layers and operators such as `x + y` or
+    `x * 0.5` between layers) get an `ActivationQuantizer`, and activations
     TFLite runs as separate ops become `QuantizedActivation`s. Train it with
     `fit` as usual, then convert it with `Optimize.DEFAULT`: the converter
     makes int8 kernels from the fake-quant ops, no representative data set
@@ -185,21 +208,21 @@ def quantize(
     (True, False)
 
     Args:
-        model: a Sequential or functional Keras model (nested functional
-            models are quantized too), possibly pruned with `tfaccel`.
+        model: a Sequential or functional Keras model (nested models are
+            quantized too), possibly pruned with `tfaccel`.
         calibration_data: optional inputs (numpy array, `tf.data.Dataset` or
             iterable of batches; `(x, y)` pairs are fine) run once through the
             new model to set every activation range, so that it is usable
             before training.
         skip: layers to keep float: names, layers (matched by name),
-            classes, predicates `fn(layer)`, or a list of them; a skipped
-            nested model stays float as a whole. Their weights are not
-            fake-quantized; their output gets an activation quantizer only
-            where a quantized op reads it. A skipped run of layers at the
-            end of the model stays float in the TFLite file (DEQUANTIZE
-            before it); a skipped layer between two quantized ops has int8
-            scales on both sides, and the converter may still quantize it
-            unless the export denylists it.
+            classes, predicates `fn(layer)`, or a list of them (see
+            `tfaccel.graph.selector`); a skipped nested model stays float as
+            a whole. Their weights are not fake-quantized; their output gets
+            an activation quantizer only where a quantized op reads it. A
+            skipped run of layers at the end of the model stays float in the
+            TFLite file (DEQUANTIZE before it); a skipped layer between two
+            quantized ops has int8 scales on both sides, and the converter
+            may still quantize it unless the export denylists it.
         ema_decay: decay of the moving average of activation ranges.
         calibration_batch_size: batch size used to split a numpy
             `calibration_data`.
@@ -208,15 +231,25 @@ def quantize(
         A new `keras.Model`; `model` is left unchanged.
 
     Raises:
-        ValueError: if a layer cannot be quantized (its name and class are
-            given, with how to skip it), or the model is subclassed.
+        ValueError: if a layer or operation cannot be quantized (its name
+            and class are given, with how to skip it), the model is already
+            quantized, or the model is subclassed.
     """
     _check_batch_size(calibration_batch_size, "calibration_batch_size")
+    graph.read(model)  # a clear error for a subclassed model
+    already = [layer.name for layer in graph.all_layers(model) if isinstance(layer, _QAT_LAYERS)]
+    if already:
+        raise ValueError(
+            f"Model '{model.name}' is already quantized (quantization-aware "
+            f"layers: {already[:5]}{' ...' if len(already) > 5 else ''}). "
+            "Train it, calibrate it (`tfaccel.quantization.calibrate`) or "
+            "export it; to quantize again, start from the float model."
+        )
     model = _strip_pruning(model)
-    functional = _graph.as_functional(model)
-    skip_fn = _skip_predicate(skip)
+    source = graph.read(model)
+    skip_fn = graph.selector(skip, "skip")
     planner = _Planner(skip_fn)
-    planner.plan(functional)
+    planner.plan(source)
     if planner.errors:
         listed = "; ".join(planner.errors)
         raise ValueError(
@@ -225,116 +258,12 @@ def quantize(
             "`quantize(model, skip=[<layer name or class>])`, or register a "
             "rule with `tfaccel.quantization.register_quantizable`."
         )
-
-    copies: list[tuple] = []  # (new, original, bn)
-    quantized_outputs: set[int] = set()
-    own_activations: dict[int, str] = {}  # wrapper -> activation run after it
-
-    def clone_function(layer):
-        if isinstance(layer, keras.Model) and id(layer) not in planner.kinds:
-            # Recurse by hand: clone_model(recursive=True) would clone a
-            # nested Sequential without `call_function`.
-            return keras.models.clone_model(
-                _graph.as_functional(layer),
-                clone_function=clone_function,
-                call_function=call_function,
-            )
-        if id(layer) in planner.fused:
-            return _Fused(layer)
-        kind = planner.kinds.get(id(layer))
-        if kind in _KERNEL_KINDS:
-            bn, act, own = planner.followers[id(layer)]
-            config = layer.get_config()
-            config["activation"] = "linear"
-            inner = layer.__class__.from_config(config)
-            kernel = np.asarray(layer.get_weights()[0])
-            wrapper = QuantizeWrapper(
-                inner,
-                batch_norm=None if bn is None else _clone_plain(bn),
-                activation=act,
-                weight_mode=kind,
-                preserve_sparsity=bool(np.any(kernel == 0)),
-                ema_decay=ema_decay,
-                name=f"quant_{layer.name}",
-            )
-            copies.append((wrapper, layer, bn))
-            if own not in ("linear", "relu", "relu6"):
-                own_activations[id(wrapper)] = own
-            return wrapper
-        if (
-            kind == "activation"
-            and fusable_activation(layer) is None
-            and (
-                type(layer) is keras.layers.Activation
-                or isinstance(layer, keras.layers.Softmax)
-            )
-        ):
-            name = (
-                "softmax"
-                if isinstance(layer, keras.layers.Softmax)
-                else (_activation_name(layer.activation))
-            )
-            return QuantizedActivation(
-                name, ema_decay=ema_decay, name=f"quant_{layer.name}"
-            )
-        new = _clone_plain(layer)
-        copies.append((new, layer, None))
-        if kind in ("output", "skip_to_int8", "activation"):
-            quantized_outputs.add(id(new))
-        return new
-
-    input_cache: dict[int, Any] = {}
-    model_inputs: list = []
-
-    def quantized_input(tensor):
-        if id(tensor) in input_cache:
-            return input_cache[id(tensor)]
-        return tensor
-
-    def call_function(op, *args, **kwargs):
-        args, kwargs = keras.tree.map_structure(
-            lambda t: quantized_input(t) if isinstance(t, keras.KerasTensor) else t,
-            (args, kwargs),
-        )
-        if isinstance(op, _Fused):
-            return args[0]
-        out = op(*args, **kwargs)
-        if id(op) in quantized_outputs:
-            out = ActivationQuantizer(ema_decay=ema_decay, name=f"{op.name}_quant")(out)
-        own = own_activations.get(id(op))
-        if own is not None:
-            out = QuantizedActivation(own, ema_decay=ema_decay, name=f"{op.name}_act")(
-                out
-            )
-        return out
-
-    for tensor in functional.inputs:
-        new_input = keras.Input(
-            batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name
-        )
-        model_inputs.append(new_input)
-        if "float" in str(tensor.dtype):
-            input_cache[id(new_input)] = ActivationQuantizer(
-                ema_decay=ema_decay, name=f"{tensor.name}_quant"
-            )(new_input)
-
-    input_tensors = keras.tree.pack_sequence_as(functional._inputs_struct, model_inputs)
-    new_model = keras.models.clone_model(
-        functional,
-        input_tensors=input_tensors,
-        clone_function=clone_function,
-        call_function=call_function,
-    )
-    for new, original, bn in copies:
-        if isinstance(new, QuantizeWrapper):
-            new.layer.set_weights(original.get_weights())
-            if bn is not None:
-                new.batch_norm.set_weights(bn.get_weights())
-            if new.preserve_sparsity:
-                kernel = np.asarray(original.get_weights()[0])
-                new.mask.assign((kernel != 0).astype("float32"))
-        elif original.weights:
-            new.set_weights(original.get_weights())
+    rewrite = _Rewrite(planner, ema_decay)
+    new_model = graph.rebuild(model, rewrite, input_layers=rewrite.input_quantizer)
+    for wrapper, original in rewrite.wrappers:
+        if wrapper.preserve_sparsity:
+            kernel = np.asarray(original.get_weights()[0])
+            wrapper.mask.assign((kernel != 0).astype("float32"))
     if calibration_data is not None:
         calibrate(new_model, calibration_data, batch_size=calibration_batch_size)
     return new_model
@@ -380,7 +309,7 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 32) -> keras.Mode
     """
     _check_batch_size(batch_size, "batch_size")
     quantizers = [
-        layer for layer in _graph.all_layers(model) if isinstance(layer, ActivationQuantizer)
+        layer for layer in graph.all_layers(model) if isinstance(layer, ActivationQuantizer)
     ]
     if not quantizers:
         raise ValueError(
@@ -413,5 +342,4 @@ def is_quantized(model: keras.Model) -> bool:
     >>> is_quantized(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
     False
     """
-    types = (ActivationQuantizer, QuantizeWrapper, QuantizedActivation)
-    return any(isinstance(layer, types) for layer in _graph.all_layers(model))
+    return any(isinstance(layer, _QAT_LAYERS) for layer in graph.all_layers(model))

@@ -54,14 +54,16 @@ def register_quantizable(layer_cls: type, rule: Rule) -> None:
     'output'
 
     Args:
-        layer_cls: a `keras.layers.Layer` subclass (subclasses inherit it).
+        layer_cls: a `keras.layers.Layer` subclass (subclasses inherit it),
+            or a `keras.Operation` subclass for `keras.ops` calls between
+            layers.
         rule: one of `KINDS`, or a callable `rule(layer)` returning one of
             them or None (unsupported configuration).
     """
-    if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.Operation)):
         raise TypeError(
-            "`layer_cls` must be a keras.layers.Layer subclass. "
-            f"Received: layer_cls={layer_cls!r}"
+            "`layer_cls` must be a keras.layers.Layer (or keras.Operation) "
+            f"subclass. Received: layer_cls={layer_cls!r}"
         )
     if not callable(rule) and rule not in KINDS:
         raise ValueError(
@@ -81,8 +83,12 @@ def quantize_kind(layer: keras.layers.Layer) -> str | None:
     True
     """
     for cls in type(layer).__mro__:
-        if cls in _REGISTRY:
-            rule = _REGISTRY[cls]
+        rule = _REGISTRY.get(cls)
+        if rule is None and not issubclass(cls, keras.layers.Layer):
+            # Keras' own operations (`x + y`, `keras.ops.*`): their classes
+            # are not public, so they are known by name.
+            rule = _OPERATIONS.get(cls.__name__)
+        if rule is not None:
             return rule(layer) if callable(rule) else rule
     return None
 
@@ -194,3 +200,18 @@ for _cls in (
 ):
     register_quantizable(_cls, "passthrough")
 del L, _cls
+
+# Operations on symbolic tensors between layers (`x + y`, `x * 0.5`,
+# `keras.ops.reshape(...)`), by class name: what TFLite runs them as.
+_OPERATIONS: dict[str, Rule] = {
+    **dict.fromkeys(
+        ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Concatenate",
+         "Mean", "Sigmoid", "HardSigmoid", "Tanh", "Silu", "HardSilu",
+         "Relu", "Relu6", "Gelu", "Softmax", "Divide", "TrueDivide"),
+        "output",
+    ),
+    **dict.fromkeys(
+        ("Reshape", "Transpose", "ExpandDims", "Squeeze", "GetItem", "Identity"),
+        "passthrough",
+    ),
+}
