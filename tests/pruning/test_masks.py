@@ -21,13 +21,22 @@ weights = hnp.arrays(
 @given(weights, st.floats(0.0, 0.99))
 def test_unstructured_exact_zero_count(w, sparsity):
     mask = unstructured_mask(w, sparsity).numpy()
-    k = int(np.round(np.float64(sparsity) * w.size))
+    k = min(int(np.round(np.float64(sparsity) * w.size)), w.size - 1)
     assert mask.shape == w.shape
     assert set(np.unique(mask)) <= {0.0, 1.0}
     assert int((mask == 0).sum()) == k
     # Every kept weight is at least as large as every pruned one.
     if 0 < k < w.size:
         assert np.abs(w[mask == 1]).min() >= np.abs(w[mask == 0]).max()
+
+
+@pytest.mark.parametrize("size, sparsity", [(100, 0.9999), (40, 0.99), (1, 0.6)])
+def test_unstructured_keeps_at_least_one_weight(size, sparsity):
+    # tfmot keeps one weight too: an all-zero tensor kills its layer.
+    w = -np.arange(1, size + 1, dtype=np.float32)
+    mask = unstructured_mask(w, sparsity).numpy()
+    assert int(mask.sum()) == 1
+    assert mask[np.argmax(np.abs(w))] == 1
 
 
 def test_unstructured_ties_are_deterministic_by_index():

@@ -23,6 +23,8 @@ def _ranks(scores: tf.Tensor, axis: int = -1) -> tf.Tensor:
 def unstructured_mask(weight, sparsity, keep=None) -> tf.Tensor:
     """Mask zeroing exactly `round(sparsity * size)` smallest-magnitude weights.
 
+    At least one weight (the largest) is always kept, whatever `sparsity`.
+
     Example:
 
     >>> w = tf.constant([[0.1, -2.0], [0.3, 0.0]])
@@ -53,6 +55,9 @@ def unstructured_mask(weight, sparsity, keep=None) -> tf.Tensor:
         tf.round(tf.cast(sparsity, tf.float64) * tf.constant(size, tf.float64)),
         tf.int32,
     )
+    # Keep at least the largest weight: a tensor of zeros kills its layer
+    # (tfmot keeps one too).
+    k = tf.minimum(k, size - 1)
     mask = _ranks(scores) >= k
     return tf.reshape(tf.cast(mask, weight.dtype), tf.shape(weight))
 
