@@ -122,3 +122,63 @@ def test_keras_distiller_string_loss_not_averaged_over_replicas(two_cpus):
     mirrored = _one_step_update(ours, two_cpus)
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+
+
+def _regularized_student():
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.5)),
+        ]
+    )
+
+
+def test_keras_distiller_drops_sample_weights_and_regularizers():
+    # With only the hard-label loss (student_loss_weight=1), plain Keras
+    # weighs samples and adds `model.losses`; Keras' Distiller does neither.
+    x, y = _data()
+    weights = (np.arange(len(x)) % 2).astype("float32")
+    teacher, _, _ = _models()
+    student = _regularized_student()
+    student.compile("sgd", loss=SCCE(from_logits=True))
+    logits = student(x)
+    plain = float(student.compute_loss(x, y, logits, sample_weight=weights))
+    unweighted = float(SCCE(from_logits=True)(y, logits))
+
+    theirs = keras.distillation.Distiller(
+        teacher,
+        student,
+        keras.distillation.LogitsDistillation(),
+        student_loss_weight=1.0,
+    )
+    theirs.compile("sgd", loss=SCCE(from_logits=True))
+    got = float(theirs.compute_loss(x, y, logits, sample_weight=weights))
+    np.testing.assert_allclose(got, unweighted, rtol=1e-6)
+    assert abs(got - plain) > 1e-2
+
+    ours = distill(student, teacher, alpha=1.0)
+    ours.compile("sgd", loss=SCCE(from_logits=True))
+    got = float(ours.compute_loss(x, y, logits, sample_weight=weights))
+    np.testing.assert_allclose(got, plain, rtol=1e-6)
+
+
+def test_keras_distiller_is_not_compiled_after_loading(tmp_path):
+    # Keras' Distiller overrides `compile` but not `compile_from_config`, so
+    # `load_model` skips `compile` (with a warning): no optimizer, no loss.
+    # Ours compiles again.
+    teacher, _, _ = _models()
+    for make, compiled in (
+        (
+            lambda s: keras.distillation.Distiller(
+                teacher, s, keras.distillation.LogitsDistillation()
+            ),
+            False,
+        ),
+        (lambda s: distill(s, teacher), True),
+    ):
+        d = make(_regularized_student())
+        d.compile("sgd", loss=SCCE(from_logits=True))
+        path = str(tmp_path / "distiller.keras")
+        d.save(path)
+        loaded = keras.models.load_model(path)
+        assert (getattr(loaded, "optimizer", None) is not None) is compiled
