@@ -226,13 +226,10 @@ class Distiller(keras.Model):
 
     def _distillation_loss(self, x, cached, y_pred, sample_weight, training):
         teacher = cached if cached is not None else self._teacher_features(x)
-        if isinstance(y_pred, dict) or self._student_features is None:
-            student = y_pred if isinstance(y_pred, dict) else {"final_output": y_pred}
-        else:  # `y_pred` came from elsewhere (evaluation, a custom loop).
-            student = {
-                **self._student_features(x, training=training),
-                hints.FINAL_OUTPUT: y_pred,
-            }
+        student = y_pred if isinstance(y_pred, dict) else {hints.FINAL_OUTPUT: y_pred}
+        if self._student_features is not None and not isinstance(y_pred, dict):
+            # Logits of an inference-mode `call` (evaluation) or a custom loop.
+            student = {**self._student_features(x, training=training), **student}
         identity = [lambda features: features]
         soft = ops.zeros(())
         for loss, weight, projection in zip(
