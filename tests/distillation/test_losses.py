@@ -122,3 +122,36 @@ def test_soft_target_serialization():
 def test_soft_target_rejects_bad_temperature(temperature):
     with pytest.raises(ValueError, match="temperature"):
         SoftTargetDistillation(temperature)
+
+
+def test_training_call_returns_features_and_every_term_weighs_samples():
+    teacher = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(5, name="t_hidden"),
+            keras.layers.Dense(4),
+        ]
+    )
+    teacher.trainable = False
+    student = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(2, name="s_hidden"),
+            keras.layers.Dense(4),
+        ]
+    )
+    d = distill(student, teacher, alpha=0.5, features={"s_hidden": "t_hidden"})
+    d.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.array([[1.0, -1.0, 0.5], [0.2, 0.3, -0.4]], "float32")
+    # Training mode: logits and hint features of one student pass.
+    features = d(x, training=True)
+    assert set(features) == {"final_output", "s_hidden"}
+    logits = d(x)  # inference mode, as `predict`: the logits alone
+    np.testing.assert_allclose(features["final_output"], logits, rtol=1e-6)
+    # Either form of `y_pred` gives the same loss (hints computed if missing).
+    from_features = float(d.compute_loss(x=x, y=LABELS, y_pred=features))
+    from_logits = float(d.compute_loss(x=x, y=LABELS, y_pred=logits, training=False))
+    np.testing.assert_allclose(from_features, from_logits, rtol=1e-6)
+    # Hard, soft-target and hint terms all weigh samples.
+    zero = d.compute_loss(x=x, y=LABELS, y_pred=features, sample_weight=np.zeros(2))
+    assert float(zero) == 0.0

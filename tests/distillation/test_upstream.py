@@ -4,6 +4,8 @@ Each test asserts the *upstream* behaviour (Keras 3.15.1). When one fails,
 Keras changed: re-check the matching workaround in tfaccel/distillation.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -122,3 +124,66 @@ def test_keras_distiller_string_loss_not_averaged_over_replicas(two_cpus):
     mirrored = _one_step_update(ours, two_cpus)
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+
+
+def _regularized_student():
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.5)),
+        ]
+    )
+
+
+def test_keras_distiller_drops_sample_weights_and_regularizers():
+    # With only the hard-label loss (student_loss_weight=1), plain Keras
+    # weighs samples and adds `model.losses`; Keras' Distiller does neither.
+    x, y = _data()
+    weights = (np.arange(len(x)) % 2).astype("float32")
+    teacher, _, _ = _models()
+    student = _regularized_student()
+    student.compile("sgd", loss=SCCE(from_logits=True))
+    logits = student(x)
+    plain = float(student.compute_loss(x, y, logits, sample_weight=weights))
+    unweighted = float(SCCE(from_logits=True)(y, logits))
+
+    theirs = keras.distillation.Distiller(
+        teacher,
+        student,
+        keras.distillation.LogitsDistillation(),
+        student_loss_weight=1.0,
+    )
+    theirs.compile("sgd", loss=SCCE(from_logits=True))
+    got = float(theirs.compute_loss(x, y, logits, sample_weight=weights))
+    np.testing.assert_allclose(got, unweighted, rtol=1e-6)
+    assert abs(got - plain) > 1e-2
+
+    ours = distill(student, teacher, alpha=1.0)
+    ours.compile("sgd", loss=SCCE(from_logits=True))
+    got = float(ours.compute_loss(x, y, logits, sample_weight=weights))
+    np.testing.assert_allclose(got, plain, rtol=1e-6)
+
+
+def test_keras_distiller_is_not_compiled_after_loading(tmp_path):
+    # Keras' Distiller overrides `compile` but not `compile_from_config`, so
+    # `load_model` skips `compile` (with a warning): no optimizer, no loss.
+    # Ours compiles again.
+    x, _ = _data()
+    teacher, _, _ = _models()
+    theirs = keras.distillation.Distiller(
+        teacher, _regularized_student(), keras.distillation.LogitsDistillation()
+    )
+    ours = distill(_regularized_student(), teacher)
+    loaded = []
+    for d in (theirs, ours):
+        d.compile("sgd", loss=SCCE(from_logits=True))
+        d(x[:2])  # built
+        path = str(tmp_path / "distiller.keras")
+        d.save(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded.append(keras.models.load_model(path))
+        skipped = [w for w in caught if "was not called" in str(w.message)]
+        assert bool(skipped) is (d is theirs)
+    assert getattr(loaded[0], "optimizer", None) is None
+    assert loaded[1].optimizer is not None

@@ -32,7 +32,14 @@ import tensorflow as tf
 INPUTS_KEY = "_tfaccel_inputs"
 TEACHER_KEY = "_tfaccel_teacher"
 
-__all__ = ["bundle", "check_in_memory", "is_bundle", "teacher_outputs", "unbundle"]
+__all__ = [
+    "bundle",
+    "bundle_fit_inputs",
+    "check_in_memory",
+    "is_bundle",
+    "teacher_outputs",
+    "unbundle",
+]
 
 
 def check_in_memory(x: Any, argument: str = "x") -> None:
@@ -57,10 +64,25 @@ def teacher_outputs(
     extractor: keras.Model, x: Any, batch_size: int | None = None
 ) -> dict[str, np.ndarray]:
     """Run `extractor` (teacher -> dict of outputs) once, in inference mode."""
-    outputs = extractor.predict(x, batch_size=batch_size or 32, verbose=0)
-    if not isinstance(outputs, dict):
-        outputs = {"final_output": outputs}
-    return dict(outputs)
+    return dict(extractor.predict(x, batch_size=batch_size or 32, verbose=0))
+
+
+def bundle_fit_inputs(
+    extractor: keras.Model, x: Any, validation_data: Any, batch_size: int | None
+) -> tuple[Any, Any]:
+    """`fit`'s `x` and `validation_data` with the teacher outputs bundled in."""
+
+    def bundled(inputs, argument):
+        check_in_memory(inputs, argument)
+        return bundle(inputs, teacher_outputs(extractor, inputs, batch_size))
+
+    x = bundled(x, "x")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)):
+            check_in_memory(validation_data, "validation_data")
+        vx = bundled(validation_data[0], "validation_data")
+        validation_data = (vx, *validation_data[1:])
+    return x, validation_data
 
 
 def bundle(x: Any, outputs: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -1,31 +1,35 @@
-"""Knowledge distillation inside `model.fit`, on top of `keras.distillation`.
+"""Knowledge distillation inside `model.fit`: student, teacher and losses.
 
-`Distiller` subclasses `keras.distillation.Distiller` and keeps its API
-(`.student`, `.teacher`, `compile`/`fit`, the `student_loss`,
-`distillation_loss` and `total_loss` metrics). It fixes or adds, for
-Keras 3.15.1:
+`Distiller` is a `keras.Model` that owns a student, a frozen teacher and
+`keras.distillation` losses (`SoftTargetDistillation`, `HintDistillation`),
+and overrides only documented `keras.Model` methods: `call` (the student),
+`compute_loss`, `compute_metrics`, `compile` (checks the hard-label loss),
+`compile_from_config` and `fit` (the teacher cache). It keeps the attributes
+of `keras.distillation.Distiller` (`student`, `teacher`,
+`distillation_losses`, `distillation_loss_weights`, `student_loss_weight`,
+the `student_loss`, `distillation_loss` and `total_loss` metrics) and fixes,
+for Keras 3.15.1 (`tests/distillation/test_upstream.py` pins each):
 
-- the classic soft-target loss (`SoftTargetDistillation`: softmax, KL and the
-  `T**2` factor; Keras' default `LogitsDistillation` has neither);
-- one student forward pass per step also with feature (hint) losses (Keras
-  runs the student a second time for features, which double-counts in-graph
-  step counters such as a pruning step and updates BN statistics twice);
-- hint losses between layers of different widths through a learned
+- the classic soft-target loss (softmax, KL and the `T**2` factor; Keras'
+  default `LogitsDistillation` has neither);
+- one student forward pass per step also with hint losses (Keras runs the
+  student a second time for features, which double-counts in-graph step
+  counters such as a pruning step and updates BN statistics twice);
+- the hard-label loss is Keras' own compiled loss, so it is averaged over
+  replicas under `tf.distribute` (Keras' `Distiller` sums the gradients of a
+  string loss over replicas), weighs samples and adds the student's
+  regularization losses, as plain `fit` does (Keras' `Distiller` drops
+  both); the distillation terms weigh samples and average alike;
+- hint losses between layers of different widths, through a learned
   projection trained with the student;
-- losses scaled for `tf.distribute` like Keras' own compiled losses (Keras'
-  `Distiller` leaves a string hard-label loss unscaled, so its gradients are
-  summed, not averaged, over replicas);
-- sample weights on the hard-label and soft-target terms;
-- the student's regularization losses (`student.losses`), which Keras'
-  `Distiller` drops;
 - opt-in teacher-output caching (`cache_teacher=True`, see `cache.py`);
-- a serialized compile config, so a loaded distiller is compiled again.
+- a loaded distiller is compiled again (Keras' is not: it overrides
+  `compile` without `compile_from_config`).
 """
 
 from __future__ import annotations
 
 import numbers
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,122 +39,36 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel._warnings import TfaccelWarning
-from tfaccel.distillation import cache
-from tfaccel.distillation.losses import SoftTargetDistillation, _check_temperature
+from tfaccel.distillation import cache, hints
+from tfaccel.distillation.losses import (
+    HintDistillation,
+    SoftTargetDistillation,
+    _check_temperature,
+    batch_mean,
+)
 
 __all__ = ["Distiller", "distill"]
 
-# Student features computed by `call` and consumed by `compute_loss` of the
-# same train step. `MirroredStrategy` traces each replica's step in its own
-# thread, hence thread-local storage.
-_LOCAL = threading.local()
 
-
-def _stash_put(owner: object, features: dict) -> None:
-    if not hasattr(_LOCAL, "features"):
-        _LOCAL.features = {}
-    _LOCAL.features[id(owner)] = features
-
-
-def _stash_take(owner: object, y_pred: Any) -> dict | None:
-    features = getattr(_LOCAL, "features", {}).pop(id(owner), None)
-    # Only the features of *this* forward pass: `predict` also calls `call`.
-    if features is not None and features["final_output"] is y_pred:
-        return features
-    return None
-
-
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise ValueError(
-            f"`alpha` must be a number in [0, 1]. Received: alpha={alpha!r}"
-        )
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
-    return float(alpha)
-
-
-def _single_output(model: keras.Model, argument: str):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{argument}` must be a keras.Model. Received: "
-            f"{argument} of type {type(model).__name__}"
-        )
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        outputs = None
-    if not outputs:
-        raise ValueError(
-            f"`{argument}` must be a built Functional or Sequential model "
-            f"(with an `Input`). Received: {argument}={model.name!r} without "
-            "symbolic outputs"
-        )
-    if len(outputs) != 1:
-        raise ValueError(
-            f"`{argument}` must have a single logits output. Received: "
-            f"{len(outputs)} outputs"
-        )
-    return outputs[0]
-
-
-def _find_layer(model: keras.Model, name: str, argument: str) -> keras.Layer:
-    try:
-        return model.get_layer(name)
-    except ValueError:
-        pass
-    # A pruned or quantized model wraps layers: accept the wrapped name.
-    for layer in model.layers:
-        inner = getattr(layer, "layer", None)
-        if isinstance(inner, keras.Layer) and inner.name == name:
-            return layer
-    raise ValueError(
-        f"`features` names {argument} layer {name!r}, which is not in the "
-        f"{argument} model {model.name!r}. Expected one of: "
-        f"{[layer.name for layer in model.layers]}"
-    )
-
-
-def _feature_pairs(features: Any) -> list[tuple[str, str]]:
-    if features is None:
-        return []
-    if isinstance(features, Mapping):
-        items = list(features.items())
-    elif isinstance(features, Sequence) and not isinstance(features, str):
-        items = list(features)
-    else:
-        items = None
-    if items is None or not all(
-        isinstance(p, (tuple, list))
-        and len(p) == 2
-        and all(isinstance(n, str) for n in p)
-        for p in items
+def _check_weight(value: Any, name: str, upper: float | None = None) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not value >= 0
+        or (upper is not None and value > upper)
     ):
-        raise ValueError(
-            "`features` must be a dict {student_layer: teacher_layer} or a "
-            "list of (student_layer, teacher_layer) name pairs. Received: "
-            f"features={features!r}"
-        )
-    return [(str(s), str(t)) for s, t in items]
+        expected = f"a number in [0, {upper:g}]" if upper is not None else ">= 0"
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    return float(value)
 
 
-def _num_replicas() -> int:
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _reduce(per_sample, sample_weight=None):
-    """Mean over the global batch, as Keras' `sum_over_batch_size` does."""
-    per_sample = ops.cast(per_sample, "float32")
-    if len(per_sample.shape) > 1:
-        per_sample = ops.mean(per_sample, axis=tuple(range(1, len(per_sample.shape))))
-    if sample_weight is not None:
-        weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-        per_sample = per_sample * weight
-    return ops.mean(per_sample)
+def _logits(y_pred):
+    """The student logits of `call`'s output (a dict in training with hints)."""
+    return y_pred[hints.FINAL_OUTPUT] if isinstance(y_pred, dict) else y_pred
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
-class Distiller(keras.distillation.Distiller):
+class Distiller(keras.Model):
     """Train a student to match a frozen teacher, inside `model.fit`.
 
     The loss of each step is
@@ -166,8 +84,10 @@ class Distiller(keras.distillation.Distiller):
     `Dense` projection (over the last axis; a 1x1 convolution for NHWC
     features) when the widths differ, the identity otherwise. The teacher is
     frozen and runs with `training=False`; `call` (and so `predict`) is the
-    student alone. Prefer the `distill` function, which documents the
-    arguments.
+    student alone. In training mode with hint features, `call` returns the
+    student's features with its logits (`{"final_output": logits, layer:
+    output}`) so that `compute_loss` reuses that one forward pass. Prefer the
+    `distill` function, which documents the arguments.
 
     Example:
 
@@ -196,22 +116,24 @@ class Distiller(keras.distillation.Distiller):
         **kwargs: Any,
     ):
         temperature = _check_temperature(temperature)
-        alpha = _check_alpha(alpha)
-        if isinstance(feature_weight, bool) or not (
-            isinstance(feature_weight, numbers.Real) and feature_weight >= 0
-        ):
-            raise ValueError(
-                "`feature_weight` must be a number >= 0. Received: "
-                f"feature_weight={feature_weight!r}"
-            )
-        student_out = _single_output(student, "student")
-        teacher_out = _single_output(teacher, "teacher")
+        alpha = _check_weight(alpha, "alpha", upper=1.0)
+        feature_weight = _check_weight(feature_weight, "feature_weight")
+        student_out = hints.single_output(student, "student")
+        teacher_out = hints.single_output(teacher, "teacher")
         if tuple(student_out.shape[1:]) != tuple(teacher_out.shape[1:]):
             raise ValueError(
                 "`student` and `teacher` must output logits of the same shape. "
                 f"Received: student output shape={tuple(student_out.shape)}, "
                 f"teacher output shape={tuple(teacher_out.shape)}"
             )
+        pairs = hints.feature_pairs(features)
+        layers = [
+            (
+                hints.find_layer(student, s, "student"),
+                hints.find_layer(teacher, t, "teacher"),
+            )
+            for s, t in pairs
+        ]
         if teacher.trainable:
             warnings.warn(
                 f"The teacher {teacher.name!r} is trainable; distillation "
@@ -222,71 +144,37 @@ class Distiller(keras.distillation.Distiller):
                 stacklevel=3,
             )
             teacher.trainable = False
-
-        pairs = _feature_pairs(features)
-        losses: list[keras.distillation.DistillationLoss] = [
-            SoftTargetDistillation(temperature)
-        ]
-        resolved = []
-        for student_name, teacher_name in pairs:
-            s_layer = _find_layer(student, student_name, "student")
-            t_layer = _find_layer(teacher, teacher_name, "teacher")
-            resolved.append((s_layer, t_layer))
-            losses.append(
-                keras.distillation.FeatureDistillation(
-                    loss="mse",
-                    teacher_layer_name=t_layer.name,
-                    student_layer_name=s_layer.name,
-                )
-            )
-        super().__init__(
-            teacher=teacher,
-            student=student,
-            distillation_losses=losses,
-            distillation_loss_weights=[1.0] + [float(feature_weight)] * len(pairs),
-            student_loss_weight=alpha,
-            name=name,
-            **kwargs,
-        )
+        super().__init__(name=name, **kwargs)
+        self.teacher = teacher
+        self.student = student
         self.temperature = temperature
-        self.alpha = alpha
+        self.alpha = self.student_loss_weight = alpha
         self.features = [list(p) for p in pairs]
-        self.feature_weight = float(feature_weight)
+        self.feature_weight = feature_weight
         self.cache_teacher = bool(cache_teacher)
-        self.projections = [
-            self._projection(i, s_layer, t_layer)
-            for i, (s_layer, t_layer) in enumerate(resolved)
+        self.distillation_losses = [SoftTargetDistillation(temperature)] + [
+            HintDistillation(teacher_layer_name=t.name, student_layer_name=s.name)
+            for s, t in layers
         ]
-
-    @staticmethod
-    def _projection(index: int, s_layer, t_layer) -> keras.Layer:
-        s_shape, t_shape = tuple(s_layer.output.shape), tuple(t_layer.output.shape)
-        if len(s_shape) != len(t_shape) or s_shape[1:-1] != t_shape[1:-1]:
-            raise ValueError(
-                "`features` pairs must agree on every axis but the last "
-                "(a learned projection maps the student width to the "
-                f"teacher's). Received: student layer {s_layer.name!r} "
-                f"shape={s_shape}, teacher layer {t_layer.name!r} "
-                f"shape={t_shape}"
-            )
-        if s_shape[-1] == t_shape[-1]:
-            return keras.layers.Identity(name=f"hint_projection_{index}")
-        projection = keras.layers.Dense(
-            t_shape[-1], use_bias=False, name=f"hint_projection_{index}"
+        self.distillation_loss_weights = [1.0] + [feature_weight] * len(layers)
+        self.projections = [
+            hints.projection(i, s, t) for i, (s, t) in enumerate(layers)
+        ]
+        self._teacher_features = hints.extractor(teacher, [t for _, t in layers])
+        self._student_features = (
+            hints.extractor(student, [s for s, _ in layers]) if layers else None
         )
-        projection.build(s_shape)
-        return projection
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
 
     # -- training ----------------------------------------------------------
 
     def call(self, inputs, training=None):
         inputs, _ = cache.unbundle(inputs)
-        if self._student_feature_extractor is None:
-            return self.student(inputs, training=training)
-        # One student pass yields logits and hint features together.
-        features = self._student_feature_extractor(inputs, training=training)
-        _stash_put(self, features)
-        return features["final_output"]
+        if training and self._student_features is not None:
+            return self._student_features(inputs, training=training)
+        return self.student(inputs, training=training)
 
     def compile(
         self,
@@ -301,34 +189,13 @@ class Distiller(keras.distillation.Distiller):
                 "`loss` (the hard-label loss, weighted by alpha) is required "
                 f"when alpha > 0. Received: loss=None with alpha={self.alpha}"
             )
-        self._student_loss = keras.losses.get(loss) if loss is not None else None
-        self._student_loss_for_serialization = loss
-        keras.Model.compile(
-            self, optimizer=optimizer, loss=None, metrics=metrics, **kwargs
-        )
-
-    def get_compile_config(self) -> dict | None:
-        config = super().get_compile_config()
-        if config is not None:
-            config["loss"] = keras.saving.serialize_keras_object(
-                self._student_loss_for_serialization
-            )
-        return config
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config: dict) -> None:
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+        self.compile(**keras.saving.deserialize_keras_object(config))
         if self.optimizer is not None and self.trainable_variables:
             # Create optimizer slots now so `.keras` loading restores them.
             self.optimizer.build(self.trainable_variables)
-
-    def _hard_per_sample(self, y, y_pred):
-        loss = self._student_loss
-        y = ops.convert_to_tensor(y)
-        if isinstance(loss, keras.losses.Loss):
-            # `call` is the unreduced loss; reduction happens in `_reduce`.
-            return loss.call(y, y_pred)
-        return loss(y, y_pred)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -336,57 +203,48 @@ class Distiller(keras.distillation.Distiller):
         x, cached = cache.unbundle(x)
         if y_pred is None:
             y_pred = self(x, training=training)
-        student_features = _stash_take(self, y_pred)
-        y_pred = ops.cast(y_pred, "float32")
-
-        hard = ops.convert_to_tensor(0.0)
+        logits = ops.convert_to_tensor(_logits(y_pred))
+        # Regularizers and `add_loss` terms, added unscaled as Keras does.
+        extra = [ops.sum(ops.cast(loss, "float32")) for loss in self.losses]
+        extra = ops.sum(ops.stack(extra)) if extra else ops.zeros(())
+        # Keras scales losses by 1 / replicas: the gradients of the replicas
+        # are summed. `hard` and `soft` below are per replica, unscaled.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        hard = ops.zeros(())
         if self.alpha > 0.0 and y is not None:
-            hard = _reduce(self._hard_per_sample(y, y_pred), sample_weight)
-
-        soft = ops.convert_to_tensor(0.0)
+            # The compiled loss, exactly as in plain `fit`, plus `extra`.
+            compiled = super().compute_loss(x, y, logits, sample_weight, training)
+            hard = (ops.cast(compiled, "float32") - extra) * replicas
+        soft = ops.zeros(())
         if self.alpha < 1.0:
-            if cached is not None:
-                teacher_features = cached
-            else:
-                teacher_features = self._extract_all_teacher_features(x)
-            kd_loss = self.distillation_losses[0]
-            soft = _reduce(
-                kd_loss.per_sample(teacher_features["final_output"], y_pred),
-                sample_weight,
-            )
-            if self.projections:
-                if student_features is None:  # `y_pred` came from elsewhere
-                    student_features = self._student_feature_extractor(
-                        x, training=training
-                    )
-                for loss, weight, projection in zip(
-                    self.distillation_losses[1:],
-                    self.distillation_loss_weights[1:],
-                    self.projections,
-                ):
-                    hint = loss.compute_loss(
-                        ops.cast(teacher_features[loss.teacher_layer_name], "float32"),
-                        ops.cast(
-                            projection(student_features[loss.student_layer_name]),
-                            "float32",
-                        ),
-                    )
-                    soft = soft + weight * hint
-
+            soft = self._distillation_loss(x, cached, y_pred, sample_weight, training)
         total = self.alpha * hard + (1.0 - self.alpha) * soft
-        # Regularizers and `add_loss` terms of the student, as Keras'
-        # `Model.compute_loss` adds them (Keras' `Distiller` drops them).
-        extra = [ops.sum(ops.cast(loss, "float32")) for loss in self.student.losses]
-        if extra:
-            total = total + ops.sum(ops.stack(extra))
         self.student_loss_tracker.update_state(hard)
         self.distillation_loss_tracker.update_state(soft)
-        self.total_loss_tracker.update_state(total)
-        # Gradients are summed over replicas: average like Keras' own losses.
-        replicas = _num_replicas()
-        if replicas > 1:
-            total = total / replicas
-        return total
+        self.total_loss_tracker.update_state(total + extra)
+        return total / replicas + extra
+
+    def _distillation_loss(self, x, cached, y_pred, sample_weight, training):
+        teacher = cached if cached is not None else self._teacher_features(x)
+        student = y_pred if isinstance(y_pred, dict) else {hints.FINAL_OUTPUT: y_pred}
+        if self._student_features is not None and not isinstance(y_pred, dict):
+            # Logits of an inference-mode `call` (evaluation) or a custom loop.
+            student = {**self._student_features(x, training=training), **student}
+        identity = [lambda features: features]
+        soft = ops.zeros(())
+        for loss, weight, projection in zip(
+            self.distillation_losses,
+            self.distillation_loss_weights,
+            identity + self.projections,
+        ):
+            t_key = getattr(loss, "teacher_layer_name", None) or hints.FINAL_OUTPUT
+            s_key = getattr(loss, "student_layer_name", None) or hints.FINAL_OUTPUT
+            per_sample = loss.per_sample(teacher[t_key], projection(student[s_key]))
+            soft = soft + weight * batch_mean(per_sample, sample_weight)
+        return soft
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, _logits(y_pred), sample_weight)
 
     def fit(
         self,
@@ -402,14 +260,9 @@ class Distiller(keras.distillation.Distiller):
     ):
         """`keras.Model.fit`; with `cache_teacher=True` the teacher runs once."""
         if self.cache_teacher:
-            x = self._with_teacher_outputs(x, batch_size, "x")
-            if validation_data is not None:
-                if not isinstance(validation_data, (tuple, list)):
-                    cache.check_in_memory(validation_data, "validation_data")
-                vx = self._with_teacher_outputs(
-                    validation_data[0], batch_size, "validation_data"
-                )
-                validation_data = (vx, *validation_data[1:])
+            x, validation_data = cache.bundle_fit_inputs(
+                self._teacher_features, x, validation_data, batch_size
+            )
         return super().fit(
             x,
             y,
@@ -420,16 +273,6 @@ class Distiller(keras.distillation.Distiller):
             validation_split=validation_split,
             validation_data=validation_data,
             **kwargs,
-        )
-
-    def _with_teacher_outputs(self, x, batch_size, argument):
-        cache.check_in_memory(x, argument)
-        extractor = self._teacher_feature_extractor or self.teacher
-        return cache.bundle(x, cache.teacher_outputs(extractor, x, batch_size))
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        return super().compute_metrics(
-            cache.unbundle(x)[0], y, y_pred, sample_weight=sample_weight
         )
 
     # -- serialization -----------------------------------------------------
@@ -453,8 +296,8 @@ class Distiller(keras.distillation.Distiller):
     @classmethod
     def from_config(cls, config: dict) -> Distiller:
         config = dict(config)
-        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
-        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
 
@@ -527,7 +370,7 @@ def distill(
         name: name of the distiller model.
 
     Returns:
-        A `Distiller` (a `keras.distillation.Distiller`): compile it with the
+        A `Distiller` (a `keras.Model`): compile it with the
         hard-label `loss`, then `fit`; `.student` is the trained student.
 
     Raises:

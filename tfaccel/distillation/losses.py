@@ -1,4 +1,4 @@
-"""The soft-target (Hinton) distillation loss.
+"""Distillation losses: soft targets (Hinton) and hints, per sample.
 
 `keras.distillation.LogitsDistillation` applies the softmax and the `T**2`
 factor only when its `loss` is a `keras.losses.KLDivergence` *instance*. Its
@@ -9,6 +9,11 @@ pins this). With a `KLDivergence` instance it matches the classic loss but
 clips probabilities at `1e-7` (the gradient vanishes for tiny student
 probabilities). `SoftTargetDistillation` keeps the Keras base class and API
 and computes the same quantity with `log_softmax`, exactly and per sample.
+
+Both losses here are `keras.distillation.DistillationLoss` objects (their
+`compute_loss` is the plain batch mean) with a `per_sample` method, so that
+the `Distiller` can weight samples (`batch_mean`) as Keras weights
+compiled losses.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import numbers
 
 import keras
 from keras import ops
+
+__all__ = ["HintDistillation", "SoftTargetDistillation", "batch_mean"]
 
 
 def _check_temperature(temperature: float) -> float:
@@ -78,3 +85,30 @@ class SoftTargetDistillation(keras.distillation.LogitsDistillation):
     @classmethod
     def from_config(cls, config: dict) -> SoftTargetDistillation:
         return cls(**config)
+
+
+class HintDistillation(keras.distillation.FeatureDistillation):
+    """A hint loss between two named layers, with a per-sample value.
+
+    Keras' `FeatureDistillation` (default `loss="mse"`); `per_sample`
+    averages its loss over every axis but the batch.
+    """
+
+    def per_sample(self, teacher_features, student_features):
+        """The loss of each sample, shape `(batch,)`."""
+        loss = self.loss(
+            ops.cast(teacher_features, "float32"), ops.cast(student_features, "float32")
+        )
+        return ops.mean(ops.reshape(loss, (ops.shape(loss)[0], -1)), axis=-1)
+
+
+def batch_mean(per_sample, sample_weight=None):
+    """Mean over the batch, as Keras' `"sum_over_batch_size"` reduces.
+
+    Sample weights multiply each sample's loss; the divisor stays the batch
+    size.
+    """
+    per_sample = ops.cast(per_sample, "float32")
+    if sample_weight is not None:
+        per_sample = per_sample * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+    return ops.mean(per_sample)
