@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tests.tiny_models import make_cnn
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
+from tfaccel.schedules import ConstantSparsity
 
 
 def _compile(model, **kwargs):
@@ -158,7 +159,11 @@ def test_config_round_trip():
     clone = PruneChannels.from_config(wrapper.get_config())
     assert clone.get_config() == wrapper.get_config()
     assert isinstance(clone.norm, keras.layers.BatchNormalization)
-    assert (clone.schedule, clone.criterion) == (0.25, "bn_gamma")
+    # A float fraction is a real schedule: masks from step 0, every step.
+    assert (clone.schedule, clone.criterion) == (
+        ConstantSparsity(0.25, begin_step=0, frequency=1),
+        "bn_gamma",
+    )
 
 
 def test_keras_save_load_restores_state(digits, tmp_path):
@@ -205,7 +210,8 @@ def test_prune_channels_names_layers_it_cannot_prune():
         prune_channels(model, layers=["conv"])
     with pytest.raises(ValueError, match=r"'head'.*reaches a model output"):
         prune_channels(model, layers=["head"])
-    with pytest.raises(ValueError, match=r"not in the model: \['nope'\]"):
+    # The same error as `prune` (one selector for both).
+    with pytest.raises(ValueError, match=r"`layers` matched no layer.*\['nope'\]"):
         prune_channels(model, layers=["nope"])
 
 
