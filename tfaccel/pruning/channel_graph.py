@@ -237,7 +237,7 @@ class ChannelGraph:
         """`(output labels or None, reason the inputs are blocked or None)`."""
         operation = node.operation
         single = len(node.inputs) == 1
-        if node.is_model:
+        if isinstance(operation, keras.Model):
             return None, "is a nested model (channel pruning does not reach inside it)"
         if not node.is_layer:
             return self._op_rule(node, in_labels)
