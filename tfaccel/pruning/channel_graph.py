@@ -236,52 +236,59 @@ class ChannelGraph:
     def _rule(self, node: Node, in_labels) -> tuple[np.ndarray | None, str | None]:
         """`(output labels or None, reason the inputs are blocked or None)`."""
         operation = node.operation
-        single = len(node.inputs) == 1
         if isinstance(operation, keras.Model):
             return None, "is a nested model (channel pruning does not reach inside it)"
         if not node.is_layer:
             return self._op_rule(node, in_labels)
         inner = getattr(operation, "layer", operation)
-        if (self.is_producer(operation) or is_prunable(inner)) and single:
-            if not channels_last(inner):
-                return None, "is channels_first"
-            if not self.is_producer(operation):
-                return None, None  # a consumer: slices its input channels
-            labels = np.array([self.uf.new() for _ in range(inner.kernel.shape[-1])])
-            for channel, label in enumerate(labels):
-                self.owner[int(label)] = (operation, channel)
-            return labels, None
-        if isinstance(operation, _CHANNELWISE) and single:
-            return self._channelwise(operation, node, in_labels[0])
-        if isinstance(operation, DEPTHWISE) and single:
-            if operation.depth_multiplier == 1 and channels_last(operation):
-                return in_labels[0], None
-            return None, "has depth_multiplier != 1"
-        if isinstance(operation, keras.layers.Flatten) and single:
-            spatial = node.inputs[0].shape[1:-1]
-            if all(d is not None for d in spatial) and channels_last(operation):
-                # Channels-last flatten: feature index = position * C + channel.
-                return np.tile(in_labels[0], int(np.prod(spatial, dtype=int))), None
-            return None, "has an unknown spatial shape"
-        if isinstance(operation, _MERGE_LAYERS):
-            return self._merge(node, in_labels)
-        if isinstance(operation, keras.layers.Concatenate):
-            if operation.axis in (-1, len(node.inputs[0].shape) - 1):
-                return np.concatenate(in_labels), None
-            return None, f"joins on axis {operation.axis}"
+        if self.is_producer(operation) or is_prunable(inner):
+            return self._linear(node, inner, in_labels)
+        for classes, rule in _LAYER_RULES:
+            if isinstance(operation, classes):
+                return rule(self, node, in_labels)
         return None, "is not a layer tfaccel can shrink through"
 
-    def _channelwise(self, layer, node: Node, labels):
+    def _linear(self, node: Node, inner, in_labels):
+        if len(node.inputs) != 1 or not channels_last(inner):
+            return None, "is channels_first or has several inputs"
+        if not self.is_producer(node.operation):
+            return None, None  # a consumer: slices its input channels
+        labels = np.array([self.uf.new() for _ in range(inner.kernel.shape[-1])])
+        for channel, label in enumerate(labels):
+            self.owner[int(label)] = (node.operation, channel)
+        return labels, None
+
+    def _channelwise(self, node: Node, in_labels):
+        layer = node.operation
         if isinstance(layer, keras.layers.BatchNormalization):
             ok = norm_axis_is_last(layer, len(node.inputs[0].shape))
         else:
             ok = channels_last(layer)
-        if not ok:
+        if len(node.inputs) != 1 or not ok:
             return None, "does not act on the last axis"
         activation = getattr(getattr(layer, "activation", None), "__name__", "")
         if activation in _NOT_ELEMENTWISE:
             return None, f"mixes channels ({activation})"
-        return labels, None
+        return in_labels[0], None
+
+    def _depthwise(self, node: Node, in_labels):
+        layer = node.operation
+        if layer.depth_multiplier == 1 and channels_last(layer):
+            return in_labels[0], None
+        return None, "has depth_multiplier != 1"
+
+    def _flatten(self, node: Node, in_labels):
+        spatial = node.inputs[0].shape[1:-1]
+        if all(d is not None for d in spatial) and channels_last(node.operation):
+            # Channels-last flatten: feature index = position * C + channel.
+            return np.tile(in_labels[0], int(np.prod(spatial, dtype=int))), None
+        return None, "has an unknown spatial shape"
+
+    def _concatenate(self, node: Node, in_labels):
+        axis = node.operation.axis
+        if axis in (-1, len(node.inputs[0].shape) - 1):
+            return np.concatenate(in_labels), None
+        return None, f"joins on axis {axis}"
 
     def _merge(self, node: Node, in_labels):
         widths = {int(t.shape[-1]) for t in node.inputs}
@@ -315,9 +322,6 @@ class ChannelGraph:
         """The labels of `layer`'s (first call's) output; None if not called."""
         calls = self.graph.calls(layer)
         return self.labels.get(id(calls[0].outputs[0])) if calls else None
-
-    def input_labels(self, node: Node) -> np.ndarray:
-        return self.get(node.inputs[0])
 
     def reasons(self, layer) -> list[str]:
         """Why `layer`'s channels cannot be removed (empty: they can)."""
@@ -363,3 +367,14 @@ class ChannelGraph:
         ):
             return norm
         return None
+
+
+# Layer class -> how its output channels follow its input channels (checked
+# in order; prunable Conv/Dense layers and `keras.ops` are handled first).
+_LAYER_RULES = (
+    (_CHANNELWISE, ChannelGraph._channelwise),
+    (DEPTHWISE, ChannelGraph._depthwise),
+    ((keras.layers.Flatten,), ChannelGraph._flatten),
+    (_MERGE_LAYERS, ChannelGraph._merge),
+    ((keras.layers.Concatenate,), ChannelGraph._concatenate),
+)
