@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tests.tiny_models import make_cnn
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
+from tfaccel.schedules import ConstantSparsity
 
 
 def _compile(model, **kwargs):
@@ -158,7 +159,11 @@ def test_config_round_trip():
     clone = PruneChannels.from_config(wrapper.get_config())
     assert clone.get_config() == wrapper.get_config()
     assert isinstance(clone.norm, keras.layers.BatchNormalization)
-    assert (clone.schedule, clone.criterion) == (0.25, "bn_gamma")
+    # A float fraction is a real schedule: masks from step 0, every step.
+    assert (clone.schedule, clone.criterion) == (
+        ConstantSparsity(0.25, begin_step=0, frequency=1),
+        "bn_gamma",
+    )
 
 
 def test_keras_save_load_restores_state(digits, tmp_path):
@@ -205,7 +210,8 @@ def test_prune_channels_names_layers_it_cannot_prune():
         prune_channels(model, layers=["conv"])
     with pytest.raises(ValueError, match=r"'head'.*reaches a model output"):
         prune_channels(model, layers=["head"])
-    with pytest.raises(ValueError, match=r"not in the model: \['nope'\]"):
+    # The same error as `prune` (one selector for both).
+    with pytest.raises(ValueError, match=r"`layers` matched no layer.*\['nope'\]"):
         prune_channels(model, layers=["nope"])
 
 
@@ -360,3 +366,65 @@ def test_strip_warns_before_channel_schedule_end_step(cnn):
     # Regression: the unstructured path warned, the channel path did not.
     with pytest.warns(TfaccelWarning, match=r"at step 1, end_step=100, target sparsity 0.5"):
         tfaccel.strip_pruning(pruned)
+
+
+def test_pruning_wrapper_interface(digits):
+    from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
+    from tfaccel.pruning.shrink import shrink
+
+    x = digits[0][:16]
+    pruned = prune_channels(make_cnn(), schedule=0.5)
+    pruned(x, training=True)
+    wrappers = pruning_wrappers(pruned)
+    assert wrappers == _wrappers(pruned)
+    wrapper = wrappers[0]
+    assert isinstance(wrapper, PruningWrapper) and wrapper.structure == "channels"
+    # The variable keeps its name ("step") and dtype: checkpoints still load.
+    assert wrapper.step.path == "conv2d_channels/step"
+    assert wrapper.step.dtype == "int64" and int(wrapper.step.numpy()) == 1
+    assert wrapper.unfinished() is None  # a constant fraction: reached at once
+    # strip(): the plain conv and its BN, masked channels exactly zero.
+    conv, norm = wrapper.strip()
+    assert type(conv) is keras.layers.Conv2D and conv.filters == wrapper.channels
+    inputs = x  # the first wrapper reads the model input
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(norm(conv(inputs), training=False)),
+        keras.ops.convert_to_numpy(wrapper(inputs, training=False)),
+        atol=1e-5,
+    )
+    assert type(wrapper).strip_model.__func__ is not PruningWrapper.strip_model.__func__
+    small = type(wrapper).strip_model(pruned)
+    assert small.count_params() == shrink(pruned).count_params()
+    assert small.count_params() < make_cnn().count_params()
+
+
+def test_float_and_scale_arguments_become_schedules():
+    from tfaccel.schedules import PolynomialDecay, ScaledSparsity
+
+    dense = keras.layers.Dense(8)
+    wrapper = PruneChannels(dense, schedule=0.5, scale=0.5)
+    assert wrapper.schedule == ScaledSparsity(
+        ConstantSparsity(0.5, begin_step=0, frequency=1), 0.5
+    )
+    wrapper(np.ones((1, 3), "float32"), training=True)
+    assert (keras.ops.convert_to_numpy(wrapper.mask) == 0).sum() == 2
+    # A config saved before schedules were objects still loads.
+    old = wrapper.get_config() | {"schedule": 0.25, "scale": 1.0}
+    expected = ConstantSparsity(0.25, 0, frequency=1)
+    assert PruneChannels.from_config(old).schedule == expected
+    decay = PolynomialDecay(0.0, 0.5, 0, 10, frequency=1)
+    again = PruneChannels.from_config(PruneChannels(dense, schedule=decay).get_config())
+    assert again.schedule == decay
+    with pytest.raises(TypeError, match="PruningSchedule"):
+        PruneChannels(dense, schedule="half")
+
+
+def test_global_budget_gives_each_layer_a_constant_schedule(cnn):
+    pruned = prune_channels(cnn, schedule=0.5, budget="global")
+    schedules = [w.schedule for w in _wrappers(pruned)]
+    assert all(type(s) is ConstantSparsity and s.frequency == 1 for s in schedules)
+    counts = [
+        round(s.target_sparsity * w.channels)
+        for s, w in zip(schedules, _wrappers(pruned))
+    ]
+    assert sum(counts) == 12

@@ -6,7 +6,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from tests.tiny_models import make_mlp
+from tests.tiny_models import make_cnn, make_mlp
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.callbacks import PruningSummary
 from tfaccel.pruning import prune
@@ -63,6 +63,36 @@ def test_warning_counts_only_the_epochs_fit_runs(digits):
     with pytest.warns(TfaccelWarning, match=r"stops at step 21 \(starting at step 0, 1 epochs x 22"):
         model.fit(
             x, y, batch_size=64, epochs=3, initial_epoch=2, verbose=0,
+            callbacks=[PruningSummary()],
+        )
+
+
+def test_reports_channel_pruning(digits):
+    # Regression: only PruneLowMagnitude was reported; channel wrappers
+    # share the PruningWrapper interface and are logged and checked alike.
+    x, y, _, _ = digits
+    model = prune(
+        make_cnn(),
+        PolynomialDecay(0.0, 0.75, 0, 40, frequency=5),
+        structure="channels",
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with _no_tfaccel_warning():
+        history = model.fit(
+            x, y, batch_size=64, epochs=2, verbose=0, callbacks=[PruningSummary()]
+        )
+    # 6 of 8 and 12 of 16 output channels at the end (steps 0..43 >= 40): a
+    # masked channel zeroes a whole column of the kernel.
+    for key in ("sparsity/conv2d/kernel", "sparsity/conv2d_1/kernel"):
+        first, last = history.history[key]
+        assert 0.0 < first < 0.75 and last == pytest.approx(0.75)
+    late = prune(
+        make_cnn(), PolynomialDecay(0.0, 0.5, 0, 100, frequency=5), structure="channels"
+    )
+    late.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(TfaccelWarning, match=r"conv2d_\d+_channels' ends at step 100"):
+        late.fit(
+            x[:640], y[:640], batch_size=64, epochs=1, verbose=0,
             callbacks=[PruningSummary()],
         )
 

@@ -284,3 +284,20 @@ def test_unfoldable_constants_keep_the_group(digits):
     kernel = keras.ops.convert_to_numpy(small.get_layer("c").kernel)
     assert (mask == 0).sum() == 2 and np.all(kernel[..., mask == 0] == 0)
     _assert_same(pruned, small, x)
+
+
+def test_wrapper_inside_nested_model():
+    inner_in = keras.Input((6,))
+    hidden = PruneChannels(keras.layers.Dense(4), schedule=0.5, name="inside")(inner_in)
+    inner = keras.Model(inner_in, keras.layers.Dense(3)(hidden), name="inner")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype("float32")
+    model(x, training=True)
+    with pytest.raises(ValueError, match=r"'inside': it is inside a nested model"):
+        shrink(model)
+    # Unwrapping reaches inside nested models (masked filters zeroed).
+    plain = strip_channels(model)
+    nested = plain.get_layer("inner").layers
+    assert not any(isinstance(layer, PruneChannels) for layer in nested)
+    _assert_same(model, plain, x, atol=1e-6)

@@ -8,24 +8,20 @@ import keras
 import tensorflow as tf
 
 from tfaccel._warnings import TfaccelWarning
+from tfaccel.pruning.base import pruning_wrappers
 
 __all__ = ["PruningSummary"]
-
-
-def _wrappers(model):
-    from tfaccel.pruning.prune import _walk
-    from tfaccel.pruning.wrapper import PruneLowMagnitude
-
-    return [layer for layer in _walk(model) if isinstance(layer, PruneLowMagnitude)]
 
 
 class PruningSummary(keras.callbacks.Callback):
     """Log the sparsity of every pruned weight; warn about too-long schedules.
 
-    Reporting only: pruning is exact without this callback. At the end of
-    each epoch it adds `sparsity/<layer>/<weight>` entries to `logs` (so they
-    appear in `History`) and, with `log_dir`, writes them as TensorBoard
-    scalars. At the first epoch `fit` runs it warns (`TfaccelWarning`) when a
+    Works for every `tfaccel.pruning.base.PruningWrapper` (unstructured,
+    N:M and channel pruning alike) through their shared interface: `step`,
+    `schedule` and `sparsity()`. Reporting only: pruning is exact without
+    this callback. At the end of each epoch it adds
+    `sparsity/<layer>/<weight>` entries to `logs` (so they appear in
+    `History`) and, with `log_dir`, writes them as TensorBoard scalars. At the first epoch `fit` runs it warns (`TfaccelWarning`) when a
     schedule's `end_step` lies beyond the last step this `fit` will run
     (counting from `initial_epoch`), since the final sparsity would then
     never be reached.
@@ -58,7 +54,7 @@ class PruningSummary(keras.callbacks.Callback):
         if self._checked:
             return
         self._checked = True
-        wrappers = _wrappers(self.model)
+        wrappers = pruning_wrappers(self.model)
         total = self.params.get("epochs") if self.params else None
         steps = self.params.get("steps") if self.params else None
         if not wrappers or not total or not steps:
@@ -66,7 +62,7 @@ class PruningSummary(keras.callbacks.Callback):
         epochs = total - epoch
         for wrapper in wrappers:
             schedule = wrapper.schedule
-            start = int(wrapper.pruning_step.numpy())
+            start = int(keras.ops.convert_to_numpy(wrapper.step))
             # Training calls see steps start .. start + epochs * steps - 1.
             last = start + epochs * steps - 1
             if schedule.end_step >= 0 and schedule.end_step > last:
@@ -83,8 +79,8 @@ class PruningSummary(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         values = {}
-        for wrapper in _wrappers(self.model):
-            for key, value in wrapper.get_sparsity().items():
+        for wrapper in pruning_wrappers(self.model):
+            for key, value in wrapper.sparsity().items():
                 values[f"sparsity/{key}"] = value
         if logs is not None:
             logs.update(values)

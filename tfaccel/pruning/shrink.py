@@ -4,19 +4,25 @@
 matching BatchNormalization statistics, the depthwise filters that carry
 them, and the matching input channels of every consumer (Conv, Dense, Dense
 after a channels-last `Flatten` where feature `position * C + channel` goes,
-Dense after global pooling). Channels joined by an elementwise merge (`Add`)
-form a group: the group is removed only when every producer masks it (the
-union of kept channels is kept); members that masked a kept channel get
-that filter zeroed so outputs do not change. `Concatenate` offsets indices.
+Dense after global pooling). Channels joined by an elementwise merge (`Add`,
+`x * gate`) form a group: the group is removed only when every producer
+masks it (the union of kept channels is kept); members that masked a kept
+channel get that filter zeroed so outputs do not change. `Concatenate`
+offsets indices. Channel-wise `keras.ops` (`x + 3.0`, `relu6`, `x * (1/6)`)
+are kept as they are: they work on any number of channels.
 
 Exactness: the masked model's removed channels are exactly zero at the
-wrappers' outputs. Channel-wise layers after them (a depthwise conv's bias,
-its BatchNormalization, an activation) can turn the zero into a constant;
-`shrink` measures these values (inference mode, one probe batch) at every
-consumer and folds them into the consumer's bias, or into the moving mean of
-a fused BatchNormalization. Where a constant cannot be folded exactly (it is
-not uniform, or the consumer is a k>1 'same'-padded convolution whose zero
-padding breaks uniformity) the group is kept and zeroed instead.
+wrappers' outputs. Channel-wise ops after them (a depthwise conv's bias,
+its BatchNormalization, `x + 3.0`, an activation) can turn the zero into a
+constant; `shrink` measures these values (inference mode, one probe batch)
+at every consumer and folds them into the consumer's bias, or into the
+moving mean of a fused BatchNormalization. Where a constant cannot be
+folded exactly (it is not uniform, or the consumer is a k>1 'same'-padded
+convolution whose zero padding breaks uniformity) the group is kept and
+zeroed instead.
+
+Both `shrink` and `strip_channels` are plans for `tfaccel.graph.rebuild`;
+the channel groups come from `tfaccel.pruning.channel_graph.ChannelGraph`.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfaccel.pruning.channels import (
-    _DEPTHWISE,
+from tfaccel.graph import Replacement, rebuild
+from tfaccel.pruning.channel_graph import (
+    DEPTHWISE,
     UNPRUNABLE,
-    GraphAnalysis,
-    PruneChannels,
-    _is_prunable,
+    ChannelGraph,
+    is_prunable,
 )
+from tfaccel.pruning.channels import PruneChannels
 
 __all__ = ["shrink", "strip_channels"]
 
@@ -42,22 +49,104 @@ def _np(variable) -> np.ndarray:
     return np.array(ops.convert_to_numpy(variable))
 
 
-class _Plan:
+def _built(layer, config: dict, channels: int) -> keras.layers.Layer:
+    """A new layer from `config`, built like `layer` with `channels` inputs."""
+    new = layer.__class__.from_config(config)
+    shape = list(layer.get_build_config()["input_shape"])
+    shape[-1] = channels
+    new.build(tuple(shape))
+    return new
+
+
+def sliced_layer(inner, in_keep, out_keep, constants=None, zero_out=None,
+                 fold_into_norm=False):
+    """A built Conv/Dense without the dropped input/output channels.
+
+    `constants` (one value per input channel) are what the dropped input
+    channels held: their contribution is folded into the bias, or returned
+    as `leftover` for a following BatchNormalization (`fold_into_norm`).
+    `zero_out` marks output channels to zero (masked but kept).
+
+    Returns:
+        `(layer, leftover)`.
+    """
+    in_keep = np.ones(inner.kernel.shape[-2], bool) if in_keep is None else in_keep
+    out_keep = np.ones(inner.kernel.shape[-1], bool) if out_keep is None else out_keep
+    kernel = _np(inner.kernel)
+    bias = _np(inner.bias) if inner.use_bias else None
+    config = inner.get_config()
+    delta = leftover = None
+    if constants is not None and np.any(constants[~in_keep] != 0):
+        removed = kernel[..., ~in_keep, :]
+        removed = removed.reshape(-1, removed.shape[-2], removed.shape[-1]).sum(0)
+        delta = constants[~in_keep] @ removed
+    if delta is not None:
+        if bias is not None:
+            bias = bias + delta
+        elif fold_into_norm:
+            leftover = delta
+        else:
+            config["use_bias"] = True
+            bias = delta.astype(kernel.dtype)
+    kernel = kernel[..., in_keep, :]
+    if zero_out is not None:
+        kernel[..., zero_out] = 0.0
+        if bias is not None:
+            bias = bias.copy()
+            bias[zero_out] = 0.0
+    key = "units" if isinstance(inner, keras.layers.Dense) else "filters"
+    config[key] = int(out_keep.sum())
+    new = _built(inner, config, int(in_keep.sum()))
+    new.kernel.assign(kernel[..., out_keep])
+    if bias is not None:
+        new.bias.assign(bias[out_keep])
+    return new, leftover
+
+
+def sliced_norm(norm, keep, zero=None, mean_shift=None):
+    """A built BatchNormalization keeping `keep` channels.
+
+    `zero` channels get `gamma = beta = mean = 0` (output exactly 0);
+    `mean_shift` is subtracted from the moving mean (a folded constant).
+    """
+    new = _built(norm, norm.get_config(), int(keep.sum()))
+    for attr in ("gamma", "beta", "moving_mean", "moving_variance"):
+        variable = getattr(norm, attr, None)
+        if variable is None:
+            continue
+        value = _np(variable)
+        if attr == "moving_mean" and mean_shift is not None:
+            value = value - mean_shift
+        if zero is not None and attr != "moving_variance":
+            value = value.copy()
+            value[zero] = 0.0
+        getattr(new, attr).assign(value[keep])
+    return new
+
+
+def _sliced_depthwise(layer, keep):
+    new = _built(layer, layer.get_config(), int(keep.sum()))
+    new.kernel.assign(_np(layer.kernel)[..., keep, :])
+    if layer.use_bias:
+        new.bias.assign(_np(layer.bias)[keep])
+    return new
+
+
+class _Removal:
     """Which channel groups are removed, and the constants consumers absorb."""
 
-    def __init__(self, analysis: GraphAnalysis, remove: bool):
+    def __init__(self, analysis: ChannelGraph):
         self.a = analysis
-        self.masks = {}
-        for layer_calls in analysis.calls.values():
-            for _, out in layer_calls[:1]:
-                layer = analysis.producer_of[id(keras.tree.flatten(out)[0])]
-                if isinstance(layer, PruneChannels):
-                    self.masks[id(layer)] = _np(layer.mask)
+        self.masks = {
+            id(layer): _np(layer.mask)
+            for layer in analysis.graph.layers()
+            if isinstance(layer, PruneChannels)
+        }
+        self.top = {id(layer) for layer in analysis.graph.layers()}
         self.kept_roots: set[int] = set()
         self.removed: set[int] = set()
-        if remove:
-            self._decide()
         self.constants: dict[int, np.ndarray] = {}
+        self._decide()
         if self.removed:
             self._probe()
 
@@ -76,44 +165,35 @@ class _Plan:
             and root not in self.kept_roots
         }
 
-    def keep(self, labels: np.ndarray) -> np.ndarray:
-        roots = self.a.roots(labels)
+    def keep(self, tensor) -> np.ndarray:
+        roots = self.a.roots(self.a.get(tensor))
         return np.array([r == UNPRUNABLE or r not in self.removed for r in roots])
 
-    def _consumers(self):
-        for layer_calls in self.a.calls.values():
-            inputs, out = layer_calls[0]
-            layer = self.a.producer_of[id(keras.tree.flatten(out)[0])]
-            inner = layer.layer if isinstance(layer, PruneChannels) else layer
-            if _is_prunable(inner):
-                yield layer, inner, inputs[0]
-
     def _probe(self) -> None:
-        consumers = [
-            (layer, inner, tensor)
-            for layer, inner, tensor in self._consumers()
-            if not self.keep(self.a.labels[id(tensor)]).all()
-        ]
+        consumers = []
+        for node in self.a.graph.nodes:
+            inner = getattr(node.operation, "layer", node.operation)
+            if node.is_layer and is_prunable(inner) and len(node.inputs) == 1:
+                if not self.keep(node.inputs[0]).all():
+                    consumers.append((node, inner))
         if not consumers:
             return
-        traced = self.a.traced
-        probe = keras.Model(traced.inputs, [t for _, _, t in consumers])
+        inputs = self.a.graph.inputs
+        probe = keras.Model(inputs, [node.inputs[0] for node, _ in consumers])
         rng = np.random.default_rng(0)
         feed = [
-            rng.standard_normal(
-                [2] + [d if d is not None else 8 for d in t.shape[1:]]
-            ).astype(t.dtype or "float32")
-            for t in traced.inputs
+            rng.standard_normal([2] + [d or 8 for d in t.shape[1:]]).astype(
+                t.dtype or "float32"
+            )
+            for t in inputs
         ]
-        values = probe(feed, training=False)
-        values = [_np(v) for v in keras.tree.flatten(values)]
+        values = [_np(v) for v in keras.tree.flatten(probe(feed, training=False))]
         while True:
             self._decide()
             reopened = set()
             self.constants = {}
-            for (layer, inner, tensor), value in zip(consumers, values):
-                labels = self.a.labels[id(tensor)]
-                gone = ~self.keep(labels)
+            for (node, inner), value in zip(consumers, values):
+                gone = ~self.keep(node.inputs[0])
                 if not gone.any():
                     continue
                 flat = value.reshape(-1, value.shape[-1])[:, gone]
@@ -121,28 +201,59 @@ class _Plan:
                 spread = np.abs(flat - const).max(axis=0)
                 bad = spread > _TOLERANCE * (1.0 + np.abs(const))
                 nonzero = np.abs(const) > _TOLERANCE
-                kernel = getattr(inner, "kernel_size", (1,))
-                if isinstance(inner, keras.layers.Dense):
-                    foldable = True
-                else:
-                    foldable = inner.padding == "valid" or all(k == 1 for k in kernel)
+                foldable = isinstance(inner, keras.layers.Dense) or (
+                    inner.padding == "valid" or all(k == 1 for k in inner.kernel_size)
+                )
                 bad = bad | (nonzero & (not foldable))
                 if bad.any():
-                    roots = self.a.roots(labels[gone][bad])
-                    reopened.update(int(r) for r in roots)
+                    labels = self.a.get(node.inputs[0])[gone][bad]
+                    reopened.update(int(r) for r in self.a.roots(labels))
                 full = np.zeros(value.shape[-1])
                 full[gone] = np.where(nonzero, const, 0.0)
-                self.constants[id(layer)] = full
+                self.constants[id(node.operation)] = full
             if not reopened:
                 return
             self.kept_roots |= reopened
 
+    def plan(self, node, graph):
+        """The `tfaccel.graph.rebuild` plan: each node, sliced."""
+        operation = node.operation
+        if not node.is_layer or id(operation) not in self.top:
+            return None  # an op, or a layer inside a nested model: copied
+        wrapped = isinstance(operation, PruneChannels)
+        if wrapped or (is_prunable(operation) and len(node.inputs) == 1):
+            inner = operation.layer if wrapped else operation
+            norm = operation.norm if wrapped else None
+            zero = self.masks[id(operation)] == 0 if wrapped else None
+            layer, leftover = sliced_layer(
+                inner,
+                self.keep(node.inputs[0]),
+                self.keep(node.outputs[0]),
+                self.constants.get(id(operation)),
+                zero,
+                fold_into_norm=norm is not None,
+            )
+            if norm is None:
+                return layer
+            after = [sliced_norm(norm, self.keep(node.outputs[0]), zero, leftover)]
+            return Replacement(layer, after=after)
+        if len(node.inputs) != 1 or self.keep(node.inputs[0]).all():
+            return None
+        keep = self.keep(node.inputs[0])
+        if isinstance(operation, keras.layers.BatchNormalization):
+            return sliced_norm(operation, keep)
+        if isinstance(operation, DEPTHWISE):
+            return _sliced_depthwise(operation, keep)
+        return None
 
-def _check(analysis: GraphAnalysis) -> None:
+
+def _check(analysis: ChannelGraph) -> None:
     problems = []
-    for layer_calls in analysis.calls.values():
-        _, out = layer_calls[0]
-        layer = analysis.producer_of[id(keras.tree.flatten(out)[0])]
+    top = {id(layer) for layer in analysis.graph.layers()}
+    for _, node in analysis.graph.walk():
+        if isinstance(node.operation, PruneChannels) and id(node.operation) not in top:
+            problems.append(f"{node.name!r}: it is inside a nested model")
+    for layer in analysis.graph.layers():
         if isinstance(layer, PruneChannels):
             reasons = analysis.reasons(layer)
             if reasons:
@@ -154,112 +265,6 @@ def _check(analysis: GraphAnalysis) -> None:
         )
 
 
-def _rebuilt_linear(inner, in_keep, out_keep, constants, zero_out):
-    """New Conv/Dense with sliced kernel/bias; folds `constants` (or returns it)."""
-    kernel = _np(inner.kernel)
-    bias = _np(inner.bias) if inner.use_bias else None
-    delta = None
-    if constants is not None and np.any(constants[~in_keep] != 0):
-        removed = kernel[..., ~in_keep, :]
-        removed = removed.reshape(-1, removed.shape[-2], removed.shape[-1]).sum(0)
-        delta = constants[~in_keep] @ removed
-    kernel = kernel[..., in_keep, :]
-    if zero_out is not None:
-        kernel[..., zero_out] = 0.0
-    config = inner.get_config()
-    key = "units" if isinstance(inner, keras.layers.Dense) else "filters"
-    config[key] = int(out_keep.sum())
-    return kernel, bias, delta, config, key
-
-
-def _build_linear(inner, x, in_keep, out_keep, constants, zero_out, fold_into_norm):
-    kernel, bias, delta, config, _ = _rebuilt_linear(
-        inner, in_keep, out_keep, constants, zero_out
-    )
-    leftover = None
-    if delta is not None:
-        if bias is not None:
-            bias = bias + delta
-        elif fold_into_norm:
-            leftover = delta
-        else:
-            config["use_bias"] = True
-            bias = delta.astype(kernel.dtype)
-    if bias is not None and zero_out is not None:
-        bias = bias.copy()
-        bias[zero_out] = 0.0
-    new = inner.__class__.from_config(config)
-    y = new(x)
-    new.kernel.assign(kernel[..., out_keep])
-    if bias is not None:
-        new.bias.assign(bias[out_keep])
-    return y, leftover
-
-
-def _build_norm(norm, x, keep, zero=None, mean_shift=None):
-    new = norm.__class__.from_config(norm.get_config())
-    y = new(x)
-    for attr in ("gamma", "beta", "moving_mean", "moving_variance"):
-        var = getattr(norm, attr, None)
-        if var is None:
-            continue
-        value = _np(var)
-        if attr == "moving_mean" and mean_shift is not None:
-            value = value - mean_shift
-        if zero is not None and attr in ("gamma", "beta", "moving_mean"):
-            value = value.copy()
-            value[zero] = 0.0
-        getattr(new, attr).assign(value[keep])
-    return y
-
-
-def _rebuild(analysis: GraphAnalysis, plan: _Plan) -> keras.Model:
-    def call(layer, *args, **kwargs):
-        in_labels = analysis.layer_input_labels[id(layer)]
-        out_labels = analysis.layer_output_labels[id(layer)]
-        x = args[0] if args else None
-        if isinstance(layer, PruneChannels) or _is_prunable(layer):
-            inner = layer.layer if isinstance(layer, PruneChannels) else layer
-            norm = layer.norm if isinstance(layer, PruneChannels) else None
-            in_keep = plan.keep(in_labels[0])
-            out_keep = plan.keep(out_labels)
-            zero = None
-            if isinstance(layer, PruneChannels):
-                zero = plan.masks[id(layer)] == 0
-            y, leftover = _build_linear(
-                inner,
-                x,
-                in_keep,
-                out_keep,
-                plan.constants.get(id(layer)),
-                zero,
-                fold_into_norm=norm is not None,
-            )
-            if norm is not None:
-                y = _build_norm(norm, y, out_keep, zero, leftover)
-            return y
-        keep = plan.keep(in_labels[0]) if len(in_labels) == 1 else None
-        if keep is not None and not keep.all():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                return _build_norm(layer, x, keep)
-            if isinstance(layer, _DEPTHWISE):
-                new = layer.__class__.from_config(layer.get_config())
-                y = new(x)
-                new.kernel.assign(_np(layer.kernel)[..., keep, :])
-                if layer.use_bias:
-                    new.bias.assign(_np(layer.bias)[keep])
-                return y
-        new = layer.__class__.from_config(layer.get_config())
-        y = new(*args, **kwargs)
-        if layer.weights:
-            new.set_weights(layer.get_weights())
-        return y
-
-    return keras.models.clone_model(
-        analysis.model, clone_function=lambda layer: layer, call_function=call
-    )
-
-
 def shrink(model: keras.Model) -> keras.Model:
     """Returns a smaller plain model without the masked channels.
 
@@ -267,8 +272,9 @@ def shrink(model: keras.Model) -> keras.Model:
     original layer (and its fused BatchNormalization) with fewer filters, and
     every consumer loses the matching input channels. Before any further
     training it computes what the masked model computes (inference mode, up
-    to float rounding). It is a plain functional model: `.keras` save/load,
-    TFLite conversion and `quantize` work on it.
+    to float rounding). It is a plain model of the same kind (Sequential or
+    functional): `.keras` save/load, TFLite conversion and `quantize` work
+    on it.
 
     Example:
 
@@ -290,21 +296,23 @@ def shrink(model: keras.Model) -> keras.Model:
             Sequential).
 
     Returns:
-        A new functional `keras.Model`.
+        A new `keras.Model`.
 
     Raises:
         ValueError: pruned channels reach a layer that cannot be sliced safely
             (a Reshape, Lambda, custom layer, a model output...): the message
             names the pruned layers and the layers in the way.
     """
-    analysis = GraphAnalysis(model, lambda layer: isinstance(layer, PruneChannels))
-    analysis.run()
-    try:
-        _check(analysis)
-        plan = _Plan(analysis, remove=True)
-    finally:
-        analysis.release()
-    return _rebuild(analysis, plan)
+    analysis = ChannelGraph(model, lambda layer: isinstance(layer, PruneChannels))
+    _check(analysis)
+    return rebuild(model, _Removal(analysis).plan)
+
+
+def _unwrap(node, graph):
+    if isinstance(node.operation, PruneChannels):
+        first, *after = node.operation.strip()
+        return Replacement(first, after=after)
+    return None
 
 
 def strip_channels(model: keras.Model) -> keras.Model:
@@ -318,9 +326,6 @@ def strip_channels(model: keras.Model) -> keras.Model:
         model: a model holding `PruneChannels` wrappers.
 
     Returns:
-        A new functional `keras.Model` without wrappers.
+        A new `keras.Model` without wrappers.
     """
-    analysis = GraphAnalysis(model, lambda layer: isinstance(layer, PruneChannels))
-    analysis.run()
-    analysis.release()
-    return _rebuild(analysis, _Plan(analysis, remove=False))
+    return rebuild(model, _unwrap)
