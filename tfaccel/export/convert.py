@@ -47,15 +47,22 @@ def check_convertible(model, qat: bool, notes: list[str]) -> None:
         warnings.warn(message, TfaccelWarning, stacklevel=3)
 
 
-def _converter(
+def convert(
     model,
+    path: str,
     quantization: str | None,
     qat: bool,
     representative: list[np.ndarray] | None,
-    input_type: str | None,
-    output_type: str | None,
-    converter_options: Mapping[str, Any] | None,
-):
+    input_type: str | None = None,
+    output_type: str | None = None,
+    converter_options: Mapping[str, Any] | None = None,
+) -> tuple[bytes, float]:
+    """Convert `model`; returns the file's bytes and the seconds it took.
+
+    Raises:
+        ValueError: an unknown `converter_options` key.
+        RuntimeError: the converter failed (nothing was written to `path`).
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -85,34 +92,6 @@ def _converter(
                 f"tf.lite.TFLiteConverter. Received: unknown key {key!r}"
             )
         setattr(converter, key, value)
-    return converter
-
-
-def convert(
-    model,
-    path: str,
-    quantization: str | None,
-    qat: bool,
-    representative: list[np.ndarray] | None,
-    input_type: str | None = None,
-    output_type: str | None = None,
-    converter_options: Mapping[str, Any] | None = None,
-) -> tuple[bytes, float]:
-    """Convert `model`; returns the file's bytes and the seconds it took.
-
-    Raises:
-        ValueError: an unknown `converter_options` key.
-        RuntimeError: the converter failed (nothing was written to `path`).
-    """
-    converter = _converter(
-        model,
-        quantization,
-        qat,
-        representative,
-        input_type,
-        output_type,
-        converter_options,
-    )
     start = time.perf_counter()
     try:
         # The converter prints the SavedModel signature it exports. Two
