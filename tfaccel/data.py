@@ -276,10 +276,10 @@ def check_finite_weights(model, advice: str = "") -> None:
     >>> import keras
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> _ = model.layers[0].bias.assign([np.inf])
-    >>> check_finite_weights(model)
+    >>> check_finite_weights(model)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: Argument `model` must hold finite weights. Received: inf in dense/bias...
+    ValueError: Argument `model` must hold finite weights. Received: inf in .../dense/bias...
 
     Args:
         model: a Keras model.
