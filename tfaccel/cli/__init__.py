@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tfaccel.cli._common import (
     EXIT_BAD_MODEL_FILE,
@@ -46,11 +47,11 @@ from tfaccel.cli._common import (
     EXIT_USAGE,
     EXIT_VERIFICATION_FAILED,
     CliError,
+    native_stderr_silenced,
 )
 from tfaccel.cli._parser import build_parser
 from tfaccel.cli.files import load_model_safely
 from tfaccel.cli.progress import ProgressBar, calibration_dataset
-from tfaccel.export.latency import benchmark_tflite
 
 __all__ = [
     "EXIT_BAD_MODEL_FILE",
@@ -67,6 +68,16 @@ __all__ = [
     "load_model_safely",
     "main",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The old import path `tfaccel.cli.benchmark_tflite`, without importing
+    # TensorFlow (through tfaccel.export) for `tfaccel --help`.
+    if name == "benchmark_tflite":
+        from tfaccel.export.latency import benchmark_tflite
+
+        return benchmark_tflite
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return int(demo.main(argv[1:]) or 0)
         args = build_parser().parse_args(argv)
+        with native_stderr_silenced():
+            # TensorFlow and LiteRT log to fd 2 while they load: load them
+            # now, silenced, so that a command prints only its own lines.
+            import tfaccel.export  # noqa: F401
         return int(args.func(args) or 0)
     except SystemExit as e:
         code = e.code

@@ -22,6 +22,7 @@ from tfaccel.cli.contained import run_contained
 from tfaccel.cli.files import (
     check_keras_archive,
     check_outputs,
+    existing_ancestor,
     load_array,
     load_model_safely,
     write_text_atomic,
@@ -214,17 +215,19 @@ def run(args: argparse.Namespace) -> int:
     if args.verification:
         load_array(args.verification, "--verification")
     check_keras_archive(args.model)
-    # The file is written in a private directory next to the output and
-    # moved into place once verified: a crash leaves nothing at the output
-    # path nor beside it.
+    # The file is written in a private directory on the output's file system
+    # and moved into place once verified: a crash leaves nothing at the
+    # output path nor beside it (missing parent directories are created
+    # only then).
     staging = tempfile.mkdtemp(prefix=".tfaccel-export-",
-                               dir=os.path.dirname(os.path.abspath(args.output)))
+                               dir=existing_ancestor(args.output))
     try:
         staged = os.path.join(staging, os.path.basename(args.output))
         report, weight_bytes = run_contained(
             "tfaccel.cli.export:convert", args, staged, not args.no_progress,
             what="the TFLite conversion", code=EXIT_EXPORT_FAILED,
         )
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         os.replace(staged, args.output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

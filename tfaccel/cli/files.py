@@ -223,8 +223,8 @@ def check_tflite_file(path: str) -> bytes:
 
 def check_outputs(outputs: Sequence[tuple[str, str]],
                   inputs: Sequence[tuple[str, str]]) -> None:
-    """Refuses output paths that are empty, directories, in a missing
-    directory, equal to an input (after resolving links), or repeated.
+    """Refuses output paths that are empty, directories, below a file,
+    equal to an input (after resolving links), or repeated.
 
     Args:
         outputs: `(option, path)` for each file the command will write.
@@ -239,10 +239,9 @@ def check_outputs(outputs: Sequence[tuple[str, str]],
         if os.path.isdir(path):
             raise CliError(f"{option}: expected a file path. Received a directory: "
                            f"{path}")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise CliError(f"{option}: directory {parent} does not exist. "
-                           f"Received: {path}")
+        ancestor = existing_ancestor(path)
+        if not os.path.isdir(ancestor):
+            raise CliError(f"{option}: {ancestor} is not a directory. Received: {path}")
     seen: list[tuple[str, str, str, tuple]] = []
     for role, entries in (("input", inputs), ("output", outputs)):
         for option, path in entries:
@@ -265,9 +264,19 @@ def _identity(path: str) -> tuple:
     return ("inode", st.st_dev, st.st_ino)
 
 
+def existing_ancestor(path: str) -> str:
+    """The nearest existing directory (or file) at or above `path`'s parent."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
 def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and `os.replace`."""
+    """Writes `text` to `path` through a temporary file and `os.replace`
+    (creating missing parent directories, as `export_tflite` does)."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tfaccel-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
