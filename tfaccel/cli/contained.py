@@ -40,10 +40,7 @@ class _PipeStream:
         return False
 
 
-def _child(target: str, args: tuple, conn: Any, log_path: str) -> None:
-    log = os.open(log_path, os.O_WRONLY)
-    os.dup2(log, 2)
-    os.close(log)
+def _child(target: str, args: tuple, conn: Any) -> None:
     sys.stderr = _PipeStream(conn)
     try:
         module, name = target.split(":")
@@ -56,6 +53,24 @@ def _child(target: str, args: tuple, conn: Any, log_path: str) -> None:
         conn.send(("exception", f"{type(e).__name__}: {first_line(e)}\n{detail}"))
     finally:
         conn.close()
+
+
+def _start_logging_to(process: Any, log_path: str) -> None:
+    """Starts `process` with its file descriptor 2 on `log_path`.
+
+    The child inherits fd 2 when it starts, before it imports anything, so
+    TensorFlow's start-up logs land in the file from its first line.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = os.open(log_path, os.O_WRONLY)
+    try:
+        os.dup2(log, 2)
+        process.start()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
 
 
 def _last_native_line(path: str) -> str:
@@ -89,10 +104,10 @@ def run_contained(target: str, *args: Any, what: str, code: int) -> Any:
     receiver, sender = context.Pipe(duplex=False)
     fd, log_path = tempfile.mkstemp(prefix="tfaccel-child-", suffix=".log")
     os.close(fd)
-    process = context.Process(target=_child, args=(target, args, sender, log_path))
+    process = context.Process(target=_child, args=(target, args, sender))
     outcome: tuple[str, Any] | None = None
     try:
-        process.start()
+        _start_logging_to(process, log_path)
         sender.close()
         while True:
             try:
