@@ -14,6 +14,8 @@ divide `end_step - begin_step` (tfmot issues #973 and #975).
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -42,12 +44,21 @@ def check_schedule(schedule) -> PruningSchedule:
     return schedule
 
 
+# Steps are int64 tensors: a larger step fails at the first training step
+# with a TensorFlow conversion message.
+_MAX_STEP = 2**63 - 1
+
+
 def _check_int(name: str, value, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(
             f"`{name}` must be >= {minimum}. Received: {name}={value!r}"
+        )
+    if value > _MAX_STEP:
+        raise ValueError(
+            f"`{name}` must fit in int64 (<= 2**63 - 1). Received: {name}={value!r}"
         )
     return int(value)
 
@@ -218,8 +229,15 @@ class PolynomialDecay(PruningSchedule):
         super().__init__(begin_step, end_step, frequency)
         self.initial_sparsity = _check_sparsity("initial_sparsity", initial_sparsity)
         self._final_sparsity = _check_sparsity("final_sparsity", final_sparsity)
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or power <= 0:
-            raise ValueError(f"`power` must be a number > 0. Received: power={power!r}")
+        if (
+            isinstance(power, bool)
+            or not isinstance(power, (int, float))
+            or not math.isfinite(power)
+            or power <= 0
+        ):
+            raise ValueError(
+                f"`power` must be a finite number > 0. Received: power={power!r}"
+            )
         self.power = power
 
     @property

@@ -69,3 +69,38 @@ def test_not_iterable_is_a_type_error(cnn):
         TypeError, match="`representative_data` must be a NumPy array.*Received: object"
     ):
         normalize_data(object(), cnn, "representative_data")
+
+
+def test_the_old_import_path_is_the_one_normalizer():
+    import tfaccel.data
+
+    assert normalize_data is tfaccel.data.normalize_data
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 5, 5, 1), "float32"),  # wrong shape
+        np.full((4, 8, 8, 1), np.inf, "float32"),  # non-finite
+        object(),  # not data
+        [],  # empty
+    ],
+)
+def test_calibration_and_export_raise_the_same_errors(cnn, bad):
+    from tfaccel.quantization import calibrate, quantize
+
+    with pytest.raises((TypeError, ValueError)) as exported:
+        normalize_data(bad, cnn, "calibration_data")
+    with pytest.raises(type(exported.value)) as calibrated:
+        calibrate(quantize(cnn), bad)
+    assert str(calibrated.value) == str(exported.value)
+
+
+def test_batches_split_and_stop_at_max_samples(cnn, x):
+    from tfaccel.data import iter_batches
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(10))).batch(4)
+    sizes = [len(b[0]) for b in iter_batches(dataset, cnn, "d", batch_size=3)]
+    assert sizes == [3, 1, 3, 1, 2]
+    sizes = [len(b[0]) for b in iter_batches(x, cnn, "d", 4, max_samples=7)]
+    assert sizes == [4, 3]

@@ -137,7 +137,7 @@ def test_tolerance_failure_keeps_existing_file(trained_cnn, digits, tmp_path):
 def test_min_agreement_failure_names_figures(
     trained_cnn, digits, tmp_path, monkeypatch
 ):
-    from tfaccel.export import tflite
+    from tfaccel.export import verify as tflite
 
     # A file that disagrees with Keras: verification sees shifted outputs.
     real = tflite._tflite_outputs
@@ -406,10 +406,10 @@ def test_numpy_numbers_are_accepted_as_arguments(cnn, digits, tmp_path):
 
 
 def test_nan_outputs_of_the_file_fail_max_error(cnn, digits, tmp_path, monkeypatch):
-    from tfaccel.export import tflite
+    from tfaccel.export import verify
 
     # Regression: a NaN output was dropped by `max`, reported as error 0.
-    real = tflite._tflite_outputs
+    real = verify._tflite_outputs
 
     def nan_first(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -417,7 +417,7 @@ def test_nan_outputs_of_the_file_fail_max_error(cnn, digits, tmp_path, monkeypat
             value[0, 0] = np.nan
         return out
 
-    monkeypatch.setattr(tflite, "_tflite_outputs", nan_first)
+    monkeypatch.setattr(verify, "_tflite_outputs", nan_first)
     with pytest.raises(VerificationError, match=r"max abs error inf > max_error"):
         export_tflite(
             cnn,

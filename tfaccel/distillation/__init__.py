@@ -6,6 +6,7 @@ hint losses through learned projections, `tf.distribute`-correct loss scaling
 and opt-in teacher-output caching. `distiller.student` is the trained model.
 """
 
+from tfaccel.distillation import export_step  # noqa: F401  (registers the export step)
 from tfaccel.distillation.distill import Distiller, distill
 from tfaccel.distillation.losses import SoftTargetDistillation
 

@@ -6,13 +6,18 @@ file against the Keras model, writes it atomically and returns an
 """
 
 from tfaccel.export.inspect import inspect_tflite
+from tfaccel.export.latency import benchmark_tflite
 from tfaccel.export.report import ExportReport
 from tfaccel.export.tflite import VerificationError, export_tflite, run_tflite
+from tfaccel.export.validate import InvalidTFLiteError, validate_tflite
 
 __all__ = [
     "ExportReport",
+    "InvalidTFLiteError",
     "VerificationError",
+    "benchmark_tflite",
     "export_tflite",
     "inspect_tflite",
     "run_tflite",
+    "validate_tflite",
 ]

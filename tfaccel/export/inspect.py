@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tfaccel.export.report import ExportReport
+from tfaccel.export.validate import InvalidTFLiteError, validate_tflite
 
 # Op name -> input index of its weight tensor.
 _WEIGHT_INPUT = {
@@ -215,23 +216,23 @@ def inspect_tflite(path: str | os.PathLike | bytes) -> ExportReport:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: the content is not a TFLite model.
+        ValueError: `path` is a directory, or the content is not a
+            well-formed TFLite model (`validate_tflite` runs first, so a
+            crafted file is refused before the interpreter reads it).
     """
-    if isinstance(path, (bytes, bytearray)):
-        data, where = bytes(path), None
-    else:
-        where = os.fspath(path)
-        if os.path.isdir(where):
-            raise ValueError(
-                "Argument `path` must be a .tflite file. Received: "
-                f"path={where!r}, which is a directory."
-            )
-        with open(where, "rb") as f:
-            data = f.read()
+    where = None if isinstance(path, (bytes, bytearray)) else os.fspath(path)
+    if where is not None and os.path.isdir(where):
+        raise ValueError(
+            "Argument `path` must be a .tflite file. Received: "
+            f"path={where!r}, which is a directory."
+        )
     try:
+        # Untrusted bytes are checked before the interpreter parses them.
+        data = validate_tflite(path)
         return analyze(data, where)
-    except (RuntimeError, ValueError) as e:
+    except (InvalidTFLiteError, RuntimeError, ValueError) as e:
+        problem = e.problem if isinstance(e, InvalidTFLiteError) else str(e)
         raise ValueError(
             "Argument `path` must hold a TFLite flatbuffer model. Received: "
-            f"path={where if where is not None else '<bytes>'!r} ({e})."
+            f"path={where if where is not None else '<bytes>'!r} ({problem})."
         ) from e

@@ -93,20 +93,24 @@ class ExportReport:
         rows = [
             ("path", str(self.path)),
             ("quantization", self.quantization),
-            ("size", f"{self.bytes:,} bytes ({self.gzip_bytes:,} gzipped)"),
+            ("size", _bytes(self.bytes)),
+            ("gzip size", _bytes(self.gzip_bytes)),
         ]
         if self.sparsity is not None:
-            rows.append(("weight sparsity", f"{self.sparsity:.2%}"))
+            rows.append(("zero weights", f"{self.sparsity:.2%}"))
         if self.int8_coverage is not None:
             rows.append(("int8 coverage", f"{self.int8_coverage:.0%} of compute ops"))
+        for key, entries in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if entries:
+                rows.append((key, _tensors(entries)))
         if self.verified:
             if self.agreement is not None:
                 rows.append(("top-1 agreement", f"{self.agreement:.2%}"))
             rows.append(("max abs error", f"{self.max_abs_error:.3g}"))
             rows.append(("mean abs error", f"{self.mean_abs_error:.3g}"))
             rows.append(("verified on", f"{self.num_samples} samples"))
-        else:
-            rows.append(("verified", "no"))
+        elif self.conversion_seconds is not None:
+            rows.append(("verified", "no"))  # an export that skipped verification
         if self.conversion_seconds is not None:
             rows.append(("conversion", f"{self.conversion_seconds:.2f} s"))
         return rows
@@ -129,10 +133,34 @@ class ExportReport:
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
-        width = max(len(key) for key, _ in self._summary_rows())
-        lines = ["ExportReport"]
-        lines += [f"  {key:<{width}}  {value}" for key, value in self._summary_rows()]
+        """The one text rendering (used by `print(report)`, `tfaccel export`
+        and `tfaccel inspect`): summary, ops, zero weights per tensor, notes."""
+        rows = self._summary_rows()
         ops = ", ".join(f"{op}[{dtype}] x{n}" for op, dtype, n in self._op_rows())
-        lines.append(f"  {'ops':<{width}}  {ops}")
+        rows.append(("ops", ops))
+        width = max(len(key) for key, _ in rows)
+        lines = ["ExportReport"]
+        lines += [f"  {key:<{width}}  {value}" for key, value in rows]
+        if self.tensor_sparsity:
+            lines.append("  zero weights per tensor")
+            name_width = max(len(name) for name in self.tensor_sparsity)
+            lines += [
+                f"    {name:<{name_width}}  {value:.2%}"
+                for name, value in self.tensor_sparsity.items()
+            ]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n:,} bytes ({n / (1024 * 1024):.2f} MB)"
+    if n >= 1024:
+        return f"{n:,} bytes ({n / 1024:.1f} KB)"
+    return f"{n:,} bytes"
+
+
+def _tensors(entries: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{e.get('name')} {e.get('dtype')}{list(e.get('shape', []))}" for e in entries
+    )

@@ -10,7 +10,9 @@ Example:
 >>> plain = tp.strip_pruning(pruned)  # doctest: +SKIP
 """
 
+from tfaccel.pruning import export_step  # noqa: F401  (registers the export step)
 from tfaccel.pruning.allocation import allocate
+from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
 from tfaccel.pruning.masks import nm_mask, unstructured_mask
 from tfaccel.pruning.prune import prune, sparsity, strip_pruning
@@ -21,11 +23,13 @@ from tfaccel.pruning.wrapper import PruneLowMagnitude
 __all__ = [
     "PruneChannels",
     "PruneLowMagnitude",
+    "PruningWrapper",
     "allocate",
     "channel_fractions",
     "nm_mask",
     "prune",
     "prune_channels",
+    "pruning_wrappers",
     "register_prunable",
     "shrink",
     "sparsity",

@@ -6,10 +6,10 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tfaccel import graph
 from tfaccel.graph import IDENTITY, OUTPUT, LayerSelector, Replacement, copy_layer
+from tfaccel.quantization.calibration import _check_batch_size, calibrate
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -267,71 +267,6 @@ def quantize(
     if calibration_data is not None:
         calibrate(new_model, calibration_data, batch_size=calibration_batch_size)
     return new_model
-
-
-def _check_batch_size(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-
-def _batches(data, batch_size):
-    if isinstance(data, np.ndarray) or tf.is_tensor(data):
-        for start in range(0, len(data), batch_size):
-            yield data[start : start + batch_size]
-        return
-    for batch in data:
-        if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-            batch = batch[0]
-        elif isinstance(batch, dict) and "x" in batch:
-            batch = batch["x"]
-        yield batch
-
-
-def calibrate(model: keras.Model, data: Any, batch_size: int = 32) -> keras.Model:
-    """Set every activation range of a QAT model from `data` (min/max).
-
-    Runs `data` through `model` in inference mode with each
-    `ActivationQuantizer` widening its range to the batch min/max; BatchNorm
-    statistics and weights are left untouched.
-
-    Example:
-
-    >>> qat = quantize(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
-    >>> _ = calibrate(qat, np.random.rand(8, 4).astype("float32"))
-
-    Args:
-        model: a model returned by `quantize`.
-        data: numpy array, `tf.data.Dataset` or iterable of batches.
-        batch_size: batch size used to split a numpy array.
-
-    Returns:
-        `model`, calibrated in place.
-    """
-    _check_batch_size(batch_size, "batch_size")
-    quantizers = [
-        layer for layer in graph.all_layers(model) if isinstance(layer, ActivationQuantizer)
-    ]
-    if not quantizers:
-        raise ValueError(
-            "`model` has no activation quantizers; pass a model returned by "
-            f"`quantize`. Received: model={model.name!r}"
-        )
-    for q in quantizers:
-        if q.fixed_range is None:
-            q.range_min.assign(0.0)
-            q.range_max.assign(0.0)
-        q.calibrating = True
-    try:
-        seen = 0
-        for batch in _batches(data, batch_size):
-            model(batch, training=False)
-            seen += 1
-        if seen == 0:
-            raise ValueError("`calibration_data` is empty. Received no batches.")
-    finally:
-        for q in quantizers:
-            q.calibrating = False
-    return model
 
 
 def is_quantized(model: keras.Model) -> bool:

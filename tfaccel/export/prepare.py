@@ -1,0 +1,148 @@
+"""The chain of "prepare for export" steps that features register into.
+
+`export_tflite` knows no feature by name: each feature that wraps a model
+for training registers a step that undoes it for export, and
+`prepare_for_export` runs the steps that apply, in order. A step returns the
+model to export and appends notes for the `ExportReport`.
+
+Registered steps (by `order`):
+
+- 0 `"distiller"` (`tfaccel/distillation/export_step.py`): a
+  `keras.distillation.Distiller` exports its student.
+- 10 `"strip_pruning"` (`tfaccel/pruning/export_step.py`): pruning wrappers
+  are stripped.
+- 20 `"float32"` (here): a mixed-precision model exports from a float32 twin
+  with the same weights.
+
+Each feature package imports its step module, so the steps are registered
+whenever `tfaccel` is imported (importing `tfaccel.export` imports `tfaccel`
+first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from tfaccel import graph
+
+__all__ = ["prepare_for_export", "register_export_step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    name: str
+    applies: Callable
+    apply: Callable
+    order: int
+
+
+_STEPS: dict[str, _Step] = {}
+
+
+def register_export_step(
+    name: str,
+    applies: Callable,
+    apply: Callable,
+    order: int = 50,
+) -> None:
+    """Register a step that prepares a model for TFLite export.
+
+    Registering a `name` again replaces its step (modules may be reloaded).
+
+    Example:
+
+    >>> def applies(model):
+    ...     return False
+    >>> def apply(model, notes):
+    ...     notes.append("did nothing")
+    ...     return model
+    >>> register_export_step("example_noop", applies, apply, order=99)
+
+    Args:
+        name: a unique name for the step.
+        applies: `fn(model) -> bool`: whether the step applies to `model`.
+        apply: `fn(model, notes) -> model`: the model to export; appends
+            what it did to `notes` (a list of str shown in the report).
+        order: steps run by increasing `order` (ties: registration order).
+    """
+    _STEPS[name] = _Step(name, applies, apply, order)
+
+
+def prepare_for_export(model, notes: list[str]):
+    """Run every registered step that applies to `model`, in order.
+
+    Args:
+        model: the model given to `export_tflite`.
+        notes: the report's notes; steps append to it.
+
+    Returns:
+        The model to convert.
+    """
+    for step in sorted(_STEPS.values(), key=lambda s: s.order):
+        if step.applies(model):
+            model = step.apply(model, notes)
+    return model
+
+
+def _float32_policies(config, key: str | None = None):
+    """`config` with every mixed-precision dtype policy replaced by float32.
+
+    A plain string is a policy only as a `dtype` value: layer names such as
+    "mixed_1" must stay (the functional config refers to layers by name).
+    """
+    if isinstance(config, dict):
+        if (
+            config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
+            and str(config.get("config", {}).get("name", "")).startswith("mixed_")
+        ):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _float32_policies(v, k) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(v, key) for v in config]
+    if key == "dtype" and isinstance(config, str) and config.startswith("mixed_"):
+        return "float32"
+    return config
+
+
+def _policies(model) -> set[str]:
+    return {layer.dtype_policy.name for layer in graph.all_layers(model)}
+
+
+def _is_mixed(model) -> bool:
+    import keras
+
+    return isinstance(model, keras.Model) and any(
+        name.startswith("mixed_") for name in _policies(model)
+    )
+
+
+def _as_float32(model, notes: list[str]):
+    """A float32 twin of a mixed-precision model, with the same weights.
+
+    Training in bfloat16/float16 is a training-time choice: the file (float32
+    or int8) is made from the float32 variables, as the model would run with
+    a float32 policy. The twin is rebuilt from the in-memory model's own
+    config with `safe_mode=False`: a `Lambda` layer in it is the user's own
+    code, already running in this process (a `.keras` file is loaded in safe
+    mode before it ever gets here).
+    """
+    import keras
+
+    config = _float32_policies(keras.saving.serialize_keras_object(model))
+    # Sub-layers that wrappers create themselves take the global policy.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        twin = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    twin.set_weights(model.get_weights())
+    notes.append(
+        f"Mixed-precision model ({', '.join(sorted(_policies(model)))}): "
+        "exported from a float32 copy with the same weights."
+    )
+    return twin
+
+
+register_export_step("float32", _is_mixed, _as_float32, order=20)
