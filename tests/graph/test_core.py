@@ -100,3 +100,17 @@ def test_selector_forms_and_errors():
         graph.selector(["d", 3])
     with pytest.raises(ValueError, match=r"matched no layer of model 'm' for the names \['x'\]"):
         graph.selector(["d", "x"]).check_names([dense], "m")
+
+
+def test_unbuilt_sequential_reads_as_a_chain_and_is_pruned():
+    import tfaccel
+
+    model = keras.Sequential([L.Dense(4, name="d1"), L.Dense(2, name="d2")])
+    g = graph.read(model)
+    assert not g.built and [n.name for n in g.nodes] == ["d1", "d2"]
+    pruned = tfaccel.prune(model, tfaccel.schedules.ConstantSparsity(0.5, 0, frequency=1))
+    assert [type(layer).__name__ for layer in pruned.layers] == ["PruneLowMagnitude"] * 2
+    pruned(np.ones((2, 8), "float32"), training=True)
+    assert set(tfaccel.sparsity(pruned).values()) == {0.5}
+    with pytest.raises(ValueError, match="must be built with a known input shape"):
+        tfaccel.quantize(model)

@@ -80,11 +80,19 @@ class Graph:
     """
 
     def __init__(self, model: keras.Model):
-        self.model = as_functional(model)
         self.nodes: list[Node] = []
         self._producers: dict[int, Node] = {}
         self._consumers: dict[int, list] = {}
         self._calls: dict[int, list[Node]] = {}
+        if is_unbuilt_sequential(model):
+            # No tensors yet: a chain of layers, each called once.
+            self.model = model
+            for layer in model.layers:
+                node = Node(layer, (), {}, [], [], 0)
+                self._calls[id(layer)] = [node]
+                self.nodes.append(node)
+            return
+        self.model = as_functional(model)
         keras_nodes = []
         for depth in sorted(_keras.nodes_by_depth(self.model), reverse=True):
             for keras_node in _keras.nodes_by_depth(self.model)[depth]:
@@ -115,6 +123,11 @@ class Graph:
             producer = self._producers.get(id(tensor))
             if producer is not None:
                 self._consumers.setdefault(id(producer), []).append(OUTPUT)
+
+    @property
+    def built(self) -> bool:
+        """False for an unbuilt Sequential model (nodes carry no tensors)."""
+        return not is_unbuilt_sequential(self.model)
 
     @property
     def inputs(self) -> list:
@@ -182,11 +195,18 @@ def read(model: keras.Model) -> Graph:
     >>> [(node.name, node.is_layer) for node in graph.nodes]
     [('a', True), ('add', False), ('b', True)]
 
+    An unbuilt Sequential model (no `keras.Input`) reads as its chain of
+    layers, without tensors (`graph.built` is False).
+
     Raises:
-        ValueError: for a subclassed model (it has no graph) or an unbuilt
-            Sequential model.
+        ValueError: for a subclassed model (it has no graph).
     """
     return Graph(model)
+
+
+def is_unbuilt_sequential(model) -> bool:
+    """Whether `model` is a Sequential model without a known input shape."""
+    return isinstance(model, keras.Sequential) and (not model.built or not model.inputs)
 
 
 def as_functional(model: keras.Model) -> keras.Model:

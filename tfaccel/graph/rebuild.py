@@ -119,9 +119,23 @@ class _Rebuilder:
         replaced = [self.replacement(node, graph) for node in graph.nodes]
         if isinstance(model, keras.Sequential) and input_layers is None:
             layers = _sequential_layers(replaced)
+            if not graph.built:
+                if layers is None:
+                    raise ValueError(
+                        f"Sequential model {model.name!r} must be built (start it "
+                        "with `keras.Input(...)`) for this rewrite. Received: an "
+                        "unbuilt model"
+                    )
+                return keras.Sequential(layers, name=model.name)
             if layers is not None:
                 new_input = _new_input(model.inputs[0])
                 return keras.Sequential([new_input, *layers], name=model.name)
+        if not graph.built:
+            raise ValueError(
+                f"Sequential model {model.name!r} must be built with a known "
+                "input shape (start it with `keras.Input(...)`). Received: an "
+                "unbuilt model"
+            )
         return self.functional(graph, replaced, input_layers)
 
     def functional(self, graph: Graph, replaced, input_layers) -> keras.Model:
