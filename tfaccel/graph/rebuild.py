@@ -116,6 +116,12 @@ class _Rebuilder:
 
     def model(self, model: keras.Model, input_layers=None) -> keras.Model:
         graph = read(model)
+        if not graph.built and input_layers is not None:
+            raise ValueError(
+                f"Sequential model {model.name!r} must be built with a known "
+                "input shape (start it with `keras.Input(...)`). Received: an "
+                "unbuilt model"
+            )
         replaced = [self.replacement(node, graph) for node in graph.nodes]
         if isinstance(model, keras.Sequential) and input_layers is None:
             layers = _sequential_layers(replaced)
@@ -130,12 +136,6 @@ class _Rebuilder:
             if layers is not None:
                 new_input = _new_input(model.inputs[0])
                 return keras.Sequential([new_input, *layers], name=model.name)
-        if not graph.built:
-            raise ValueError(
-                f"Sequential model {model.name!r} must be built with a known "
-                "input shape (start it with `keras.Input(...)`). Received: an "
-                "unbuilt model"
-            )
         return self.functional(graph, replaced, input_layers)
 
     def functional(self, graph: Graph, replaced, input_layers) -> keras.Model:

@@ -185,9 +185,11 @@ class PruneLowMagnitude(PruningWrapper):
         tf.cond(should_prune, prune, lambda: tf.constant(False))
         self.pruning_step.assign_add(1)
 
-    def call(self, *args, training=None, **kwargs):
-        # `*args`: layers called with keywords only (`query=`, `value=`)
-        # are wrapped too.
+    def call(self, inputs=None, *args, training=None, **kwargs):
+        # `inputs=None`: layers called with keywords only (`query=`,
+        # `value=`) are wrapped too; a Sequential needs a positional one.
+        if inputs is not None:
+            args = (inputs, *args)
         if training:
             self.update_masks()
         mapping = [
