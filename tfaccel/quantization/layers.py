@@ -16,9 +16,13 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel._substitute import full_precision, substitute
+from tfaccel.quantization.clusters import (
+    MAX_CLUSTERS,
+    ClusterPreserving,
+    kernel_clusters,
+)
 from tfaccel.quantization.quantizers import (
     fake_quant_activation,
-    fake_quant_weight,
     fixed_activation_range,
 )
 
@@ -31,48 +35,6 @@ __all__ = [
 
 _FUSABLE = ("linear", "relu", "relu6")
 _WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise")
-# int8 holds at most 255 nonzero levels (narrow range): more clusters than
-# that are not clusters any more.
-_MAX_CLUSTERS = 255
-
-
-def kernel_clusters(kernel) -> int:
-    """The number of distinct nonzero values of a clustered kernel, else 0.
-
-    A kernel counts as clustered when its nonzero entries take at most 255
-    values and each value is shared by two entries on average: a trained or
-    freshly initialized float kernel (all values distinct) or a pruned one
-    (distinct nonzeros) gives 0.
-
-    Example:
-
-    >>> kernel_clusters(np.array([[0.5, -0.5], [0.5, 0.0], [-0.5, 0.5]]))
-    2
-    >>> kernel_clusters(np.array([0.1, 0.2, 0.3, 0.0]))
-    0
-    """
-    values = np.asarray(kernel)
-    nonzero = values[values != 0]
-    count = int(np.unique(nonzero).size)
-    if 0 < count <= _MAX_CLUSTERS and 2 * count <= nonzero.size:
-        return count
-    return 0
-
-
-def _fake_quant_bound(weight, mode: str, bound):
-    """`fake_quant_weight` with a given bound (scalar, or one per channel)."""
-    bound = tf.maximum(bound, 1e-8)
-    if mode == "per_tensor":
-        return tf.quantization.fake_quant_with_min_max_vars(
-            weight, -bound, bound, num_bits=8, narrow_range=True
-        )
-    shape = tf.shape(weight)
-    # Depthwise kernels (kh, kw, in, multiplier) have in * multiplier channels.
-    flat = tf.reshape(weight, [-1, bound.shape[0]]) if mode == "depthwise" else weight
-    quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        flat, -bound, bound, num_bits=8, narrow_range=True
-    )
-    return tf.reshape(quantized, shape)
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
@@ -239,7 +201,7 @@ class QuantizedActivation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
-class QuantizeWrapper(keras.layers.Wrapper):
+class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
     """One fused int8 TFLite kernel: Conv/Dense + folded BatchNorm + ReLU.
 
     The forward pass is the inference graph of the converted model: the
@@ -304,10 +266,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if (
             isinstance(preserve_clusters, bool)
             or not isinstance(preserve_clusters, (int, np.integer))
-            or not 0 <= preserve_clusters <= _MAX_CLUSTERS
+            or not 0 <= preserve_clusters <= MAX_CLUSTERS
         ):
             raise ValueError(
-                f"`preserve_clusters` must be an integer in [0, {_MAX_CLUSTERS}]. "
+                f"`preserve_clusters` must be an integer in [0, {MAX_CLUSTERS}]. "
                 f"Received: preserve_clusters={preserve_clusters!r}"
             )
         if preserve_clusters and weight_mode == "per_tensor" and batch_norm is not None:
@@ -355,69 +317,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if self.preserve_clusters:
             # After every other variable: checkpoints of wrappers without
             # clusters keep their layout.
-            self.cluster_centroids = self.add_weight(
-                name="cluster_centroids",
-                shape=(self.preserve_clusters,),
-                initializer="zeros",
-                trainable=True,
-                aggregation="none",  # trained like the kernel
-                dtype="float32",
-                autocast=False,
-            )
-            self.cluster_assignments = self.add_weight(
-                name="cluster_assignments",
-                shape=self.layer.kernel.shape,
-                initializer="zeros",
-                trainable=False,
-                aggregation="only_first_replica",  # fixed after `set_clusters`
-                dtype="int32",
-            )
-            # The centroids train in its place (no gradient would reach it).
-            self.layer.kernel.trainable = False
-            if tf.executing_eagerly():
-                self.set_clusters()
+            self._build_clusters()
         self.built = True
-
-    def set_clusters(self) -> None:
-        """Set centroids and assignments from the kernel's nonzero values."""
-        kernel = keras.ops.convert_to_numpy(self.layer.kernel)
-        values = np.unique(kernel[kernel != 0])
-        if values.size > self.preserve_clusters:
-            raise ValueError(
-                f"Layer '{self.layer.name}' has {values.size} distinct nonzero "
-                f"kernel values, more than preserve_clusters={self.preserve_clusters}."
-            )
-        centroids = np.zeros(self.preserve_clusters, "float32")
-        centroids[: values.size] = values
-        self.cluster_centroids.assign(centroids)
-        index = np.searchsorted(values, kernel) if values.size else np.zeros(kernel.shape)
-        self.cluster_assignments.assign(
-            np.where(kernel != 0, np.minimum(index, max(values.size - 1, 0)), 0).astype(
-                "int32"
-            )
-        )
-
-    def _kernel(self):
-        if not self.preserve_clusters:
-            return ops.convert_to_tensor(self.layer.kernel)
-        # Zeros (pruned entries) point at centroid 0 and are masked below.
-        kernel = tf.gather(tf.convert_to_tensor(self.cluster_centroids), self.cluster_assignments)
-        if not self.preserve_sparsity:
-            values = keras.ops.convert_to_tensor(self.layer.kernel)
-            kernel = tf.where(tf.equal(values, 0.0), tf.zeros_like(kernel), kernel)
-        return kernel
-
-    def _fake_quant(self, folded, scale):
-        if not self.preserve_clusters:
-            return fake_quant_weight(folded, self.weight_mode)
-        top = tf.reduce_max(tf.abs(self.cluster_centroids))
-        if self.weight_mode == "per_tensor":
-            return _fake_quant_bound(folded, self.weight_mode, top)
-        channels = self.layer.kernel.shape[-1]
-        if self.weight_mode == "depthwise":
-            channels = channels * self.layer.kernel.shape[-2]
-        bound = tf.fill([channels], top) if scale is None else top * tf.abs(scale)
-        return _fake_quant_bound(folded, self.weight_mode, bound)
 
     def _fold(self):
         """Folded float kernel and bias (bias may be None), and the fold scale."""

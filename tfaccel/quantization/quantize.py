@@ -10,11 +10,11 @@ import tensorflow as tf
 
 from tfaccel import graph
 from tfaccel.graph import IDENTITY, OUTPUT, LayerSelector, Replacement, copy_layer
+from tfaccel.quantization.clusters import kernel_clusters
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
     QuantizeWrapper,
-    kernel_clusters,
 )
 from tfaccel.quantization.registry import (
     _activation_name,
