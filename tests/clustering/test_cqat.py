@@ -33,13 +33,25 @@ def _qat_wrappers(model):
     return [layer for layer in model.layers if isinstance(layer, QuantizeWrapper)]
 
 
-def test_pruned_clustered_int8_file_keeps_zeros_and_n_values(digits_cnn, digits, tmp_path):
+def _depthwise_cnn():
+    """Conv-BN-ReLU, DepthwiseConv-BN-ReLU, Dense: every CQAT weight mode."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_pruned_clustered_int8_file_keeps_zeros_and_n_values(digits, tmp_path):
     x, y, x_test, _ = digits
-    pruned = prune_in_place(digits_cnn, 0.5)
+    pruned = prune_in_place(_depthwise_cnn(), 0.5)
     plain = strip_clustering(cluster(pruned, 6))
     qat = quantize(plain, calibration_data=x[:64])
     wrappers = _qat_wrappers(qat)
     assert [w.preserve_clusters for w in wrappers] == [5, 5, 5]  # + the zero
+    assert [w.weight_mode for w in wrappers] == ["per_channel", "depthwise", "per_tensor"]
     assert all(w.preserve_sparsity for w in wrappers)
     frozen = [w.layer.kernel.numpy().copy() for w in wrappers]
     centroids = [w.cluster_centroids.numpy().copy() for w in wrappers]

@@ -53,9 +53,16 @@ def _fake_quant_bound(weight, mode: str, bound):
         return tf.quantization.fake_quant_with_min_max_vars(
             weight, -bound, bound, num_bits=8, narrow_range=True
         )
+    if mode != "depthwise":
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            weight, -bound, bound, num_bits=8, narrow_range=True
+        )
+    # Depthwise kernels (kh, kw, in, multiplier) have in * multiplier
+    # channels; the converter wants them on the last of three axes (the
+    # layout `fake_quant_weight` uses).
     shape = tf.shape(weight)
-    # Depthwise kernels (kh, kw, in, multiplier) have in * multiplier channels.
-    flat = tf.reshape(weight, [-1, bound.shape[0]]) if mode == "depthwise" else weight
+    kh, kw, cin, mult = weight.shape
+    flat = tf.reshape(weight, [kh, kw, cin * mult])
     quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
         flat, -bound, bound, num_bits=8, narrow_range=True
     )
