@@ -319,6 +319,14 @@ def mobilenet(side, arrays, log) -> dict:
     return res
 
 
+def _left_unclustered(side, section: str, result: dict) -> None:
+    """Record (and reset) the layers tfmot could not cluster in `section`."""
+    names = getattr(side, "left_unclustered", None)
+    if names:
+        result[f"{section}_left_unclustered"] = sorted(names)
+        names.clear()
+
+
 def run_side(side_name: str, arrays_path: str, seeds, repeats, steps) -> dict:
     log = common.Clock(f"clustering/{side_name}")
     side = TfaccelSide() if side_name == "tfaccel" else TfmotSide()
@@ -328,11 +336,11 @@ def run_side(side_name: str, arrays_path: str, seeds, repeats, steps) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         common.guard_section("digits", lambda: [
             digits_seed(side, data, arrays, s, workdir, log) for s in seeds], result, log)
+    _left_unclustered(side, "digits", result)
     common.guard_section("overhead", lambda: overhead(side, data, arrays, repeats, steps,
                                                       log), result, log)
     common.guard_section("mobilenet", lambda: mobilenet(side, arrays, log), result, log)
-    if getattr(side, "left_unclustered", None):
-        result["left_unclustered"] = sorted(side.left_unclustered)
+    _left_unclustered(side, "mobilenet", result)
     result["elapsed_s"] = log.elapsed()
     return result
 

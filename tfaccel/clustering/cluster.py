@@ -9,27 +9,13 @@ from tfaccel import graph
 from tfaccel.clustering.centroids import CENTROID_INITS
 from tfaccel.clustering.wrapper import ClusterWeights, channel_view
 from tfaccel.graph import LayerSelector, Replacement, copy_layer
+from tfaccel.pruning.prune import _layers
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
+from tfaccel.quantization.quantize import _strip_pruning
 
 __all__ = ["cluster", "distinct_values", "strip_clustering"]
 
 _AUTO = "auto"
-
-
-def _strip_pruning(model):
-    from tfaccel.pruning import strip_pruning
-    from tfaccel.pruning.base import pruning_wrappers
-
-    return strip_pruning(model) if pruning_wrappers(model) else model
-
-
-def _layers(source: graph.Graph) -> list:
-    seen, result = set(), []
-    for _, node in source.walk():
-        if node.is_layer and not node.is_model and id(node.operation) not in seen:
-            seen.add(id(node.operation))
-            result.append(node.operation)
-    return result
 
 
 def _has_zeros(layer) -> bool:

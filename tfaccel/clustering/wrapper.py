@@ -12,6 +12,7 @@ from tfaccel._substitute import full_precision, substitute
 from tfaccel.clustering.centroids import CENTROID_INITS, initial_centroids
 from tfaccel.graph import copy_layer
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
+from tfaccel.pruning.wrapper import PruneLowMagnitude
 
 __all__ = ["ClusterWeights", "channel_view"]
 
@@ -159,41 +160,14 @@ class ClusterWeights(keras.layers.Wrapper):
             shape = (channels, self.number_of_clusters) if self.per_channel else (
                 self.number_of_clusters,
             )
-            self.centroids.append(
-                self.add_weight(
-                    name=f"{variable.name}_centroids",
-                    shape=shape,
-                    initializer="zeros",
-                    trainable=True,
-                    # Trained like the kernel: all-reduced gradients keep the
-                    # replicas' copies identical.
-                    aggregation="none",
-                    dtype="float32",
-                    autocast=False,
-                )
-            )
-            self.assignments.append(
-                self.add_weight(
-                    name=f"{variable.name}_assignments",
-                    shape=tuple(variable.shape),
-                    initializer="zeros",
-                    trainable=False,
-                    aggregation="none",
-                    dtype="int32",
-                )
-            )
+            # Trained like the kernel: all-reduced gradients keep the
+            # replicas' copies identical.
+            self.centroids.append(self._state(variable, "centroids", shape, trainable=True))
+            self.assignments.append(self._state(variable, "assignments", dtype="int32"))
             if self.preserve_sparsity:
+                # Fixed once the layer is wrapped.
                 self.masks.append(
-                    self.add_weight(
-                        name=f"{variable.name}_mask",
-                        shape=tuple(variable.shape),
-                        initializer="ones",
-                        trainable=False,
-                        # Fixed once the layer is wrapped.
-                        aggregation="only_first_replica",
-                        dtype="float32",
-                        autocast=False,
-                    )
+                    self._state(variable, "mask", aggregation="only_first_replica")
                 )
         self.cluster_step = self.add_weight(
             name="cluster_step",
@@ -207,17 +181,23 @@ class ClusterWeights(keras.layers.Wrapper):
         if self._initialize_on_build and tf.executing_eagerly():
             self.initialize()
 
-    def get_build_config(self):
-        if not self.built:
-            return None
-        return {"layer": self.layer.get_build_config()}
+    def _state(self, variable, what, shape=None, trainable=False, dtype="float32",
+               aggregation="none"):
+        """One variable of `variable`'s clustering state (float32 or int32)."""
+        return self.add_weight(
+            name=f"{variable.name}_{what}",
+            shape=tuple(variable.shape) if shape is None else shape,
+            initializer="ones" if what == "mask" else "zeros",
+            trainable=trainable,
+            aggregation=aggregation,
+            dtype=dtype,
+            autocast=False,
+        )
 
-    def build_from_config(self, config):
-        inner = (config or {}).get("layer")
-        if inner and not self.layer.built:
-            self.layer.build_from_config(inner)
-        if self.layer.built and not self.built:
-            self.build()
+    # The inner layer's own build config (multi-input layers such as
+    # MultiHeadAttention cannot be rebuilt from one input shape), as pruning.
+    get_build_config = PruneLowMagnitude.get_build_config
+    build_from_config = PruneLowMagnitude.build_from_config
 
     # ------------------------------------------------------------------
     # Centroids and assignments.

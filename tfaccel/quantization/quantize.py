@@ -199,8 +199,8 @@ def quantize(
     makes int8 kernels from the fake-quant ops, no representative data set
     needed. Pruned models are stripped first, and weights that are zero stay
     exactly zero (a fixed mask per kernel). A clustered kernel (see
-    `tfaccel.cluster`; at most 255 distinct nonzero values, each shared by
-    two entries on average) keeps its clusters: its centroids train with
+    `tfaccel.cluster`; at most 255 distinct nonzero values, an eighth of
+    the entries repeating one, see `kernel_clusters`) keeps its clusters: its centroids train with
     fixed assignments and its int8 kernel stays on as many values
     (cluster-preserving QAT, `QuantizeWrapper(preserve_clusters=...)`);
     not under a per-tensor Dense scheme with a folded BatchNorm.
