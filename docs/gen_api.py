@@ -17,10 +17,12 @@ MODULES = [
     "tfaccel.schedules",
     "tfaccel.pruning",
     "tfaccel.quantization",
+    "tfaccel.clustering",
     "tfaccel.export",
     "tfaccel.distillation",
     "tfaccel.distribute",
     "tfaccel.callbacks",
+    "tfaccel.graph",
 ]
 
 

@@ -12,6 +12,7 @@ EXPECTED = {
     "ExportReport",
     "TfaccelWarning",
     "callbacks",
+    "cluster",
     "distill",
     "distribute",
     "export_tflite",
@@ -20,6 +21,7 @@ EXPECTED = {
     "quantize",
     "schedules",
     "sparsity",
+    "strip_clustering",
     "strip_pruning",
 }
 
@@ -32,17 +34,21 @@ def test_top_level_names_are_pinned():
 
 def test_subpackages_export_what_they_list():
     import tfaccel.callbacks
+    import tfaccel.clustering
     import tfaccel.distillation
     import tfaccel.distribute
     import tfaccel.export
+    import tfaccel.graph
     import tfaccel.pruning
     import tfaccel.quantization
 
     for module in (
         tfaccel.callbacks,
+        tfaccel.clustering,
         tfaccel.distillation,
         tfaccel.distribute,
         tfaccel.export,
+        tfaccel.graph,
         tfaccel.pruning,
         tfaccel.quantization,
     ):

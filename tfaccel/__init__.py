@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 from tfaccel import callbacks, distribute, schedules  # noqa: E402
 from tfaccel._warnings import TfaccelWarning  # noqa: E402
+from tfaccel.clustering import cluster, strip_clustering  # noqa: E402
 from tfaccel.distillation import distill  # noqa: E402
 from tfaccel.export import ExportReport, export_tflite, inspect_tflite  # noqa: E402
 from tfaccel.pruning import prune, sparsity, strip_pruning  # noqa: E402
@@ -28,6 +29,7 @@ __all__ = [
     "ExportReport",
     "TfaccelWarning",
     "callbacks",
+    "cluster",
     "distill",
     "distribute",
     "export_tflite",
@@ -36,5 +38,6 @@ __all__ = [
     "quantize",
     "schedules",
     "sparsity",
+    "strip_clustering",
     "strip_pruning",
 ]

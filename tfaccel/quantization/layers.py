@@ -11,17 +11,27 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from tfaccel._substitute import full_precision, substitute
+from tfaccel.quantization.clusters import (
+    MAX_CLUSTERS,
+    ClusterPreserving,
+    kernel_clusters,
+)
 from tfaccel.quantization.quantizers import (
     fake_quant_activation,
-    fake_quant_weight,
     fixed_activation_range,
 )
 
-__all__ = ["ActivationQuantizer", "QuantizeWrapper", "QuantizedActivation"]
+__all__ = [
+    "ActivationQuantizer",
+    "QuantizeWrapper",
+    "QuantizedActivation",
+    "kernel_clusters",
+]
 
 _FUSABLE = ("linear", "relu", "relu6")
 _WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise")
@@ -191,7 +201,7 @@ class QuantizedActivation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
-class QuantizeWrapper(keras.layers.Wrapper):
+class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
     """One fused int8 TFLite kernel: Conv/Dense + folded BatchNorm + ReLU.
 
     The forward pass is the inference graph of the converted model: the
@@ -225,6 +235,20 @@ class QuantizeWrapper(keras.layers.Wrapper):
         preserve_sparsity: keep a fixed mask of the kernel's nonzeros so that
             pruned weights stay exactly zero.
         ema_decay: decay of the output range's moving average.
+        preserve_clusters: 0 (off), or the number of distinct nonzero values
+            of a clustered kernel (see `tfaccel.cluster` and
+            `kernel_clusters`) to keep through training: cluster-preserving
+            QAT. The kernel is `gather(cluster_centroids,
+            cluster_assignments)` with fixed assignments and trained
+            centroids (the kernel variable itself is frozen and keeps its
+            starting values), and every output channel is quantized with
+            the bound `max|centroid| * |fold scale|`, so all channels share
+            one int8 grid: the int8 kernel holds at most `preserve_clusters`
+            nonzero values (per channel always; per kernel too when the
+            folded BatchNorm scales are positive, as they are after
+            training with positive gammas). Needs per-channel weights when a
+            BatchNorm is folded in (per-tensor int8 of per-channel-scaled
+            clusters leaves the grid).
     """
 
     def __init__(
@@ -235,9 +259,26 @@ class QuantizeWrapper(keras.layers.Wrapper):
         weight_mode: str = "per_channel",
         preserve_sparsity: bool = False,
         ema_decay: float = 0.99,
+        preserve_clusters: int = 0,
         **kwargs: Any,
     ):
         super().__init__(layer, **kwargs)
+        if (
+            isinstance(preserve_clusters, bool)
+            or not isinstance(preserve_clusters, (int, np.integer))
+            or not 0 <= preserve_clusters <= MAX_CLUSTERS
+        ):
+            raise ValueError(
+                f"`preserve_clusters` must be an integer in [0, {MAX_CLUSTERS}]. "
+                f"Received: preserve_clusters={preserve_clusters!r}"
+            )
+        if preserve_clusters and weight_mode == "per_tensor" and batch_norm is not None:
+            raise ValueError(
+                "`preserve_clusters` needs weight_mode='per_channel' or "
+                "'depthwise' when a BatchNormalization is folded in. Received: "
+                f"weight_mode={weight_mode!r}"
+            )
+        self.preserve_clusters = int(preserve_clusters)
         if activation not in _FUSABLE:
             raise ValueError(
                 f"`activation` must be one of {_FUSABLE}. Received: activation={activation!r}"
@@ -273,11 +314,15 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 aggregation="only_first_replica",
             )
         self.output_quantizer.build(output_shape)
+        if self.preserve_clusters:
+            # After every other variable: checkpoints of wrappers without
+            # clusters keep their layout.
+            self._build_clusters()
         self.built = True
 
     def _fold(self):
         """Folded float kernel and bias (bias may be None), and the fold scale."""
-        kernel = ops.convert_to_tensor(self.layer.kernel)
+        kernel = self._kernel()
         if self.preserve_sparsity:
             kernel = kernel * self.mask
         bias = (
@@ -302,13 +347,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def quantized_kernel(self):
         """The kernel the int8 model holds (folded, masked, fake-quantized)."""
-        folded, _, _ = self._fold()
-        return fake_quant_weight(folded, self.weight_mode)
+        folded, _, scale = self._fold()
+        return self._fake_quant(folded, scale)
 
     def call(self, inputs, training=None):
         with full_precision():
             folded, folded_bias, scale = self._fold()
-            quantized = fake_quant_weight(folded, self.weight_mode)
+            quantized = self._fake_quant(folded, scale)
         mapping = [(self.layer.kernel, quantized)]
         add_bias = False
         if folded_bias is not None and self.layer.bias is not None:
@@ -370,4 +415,6 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 "ema_decay": self.ema_decay,
             }
         )
+        if self.preserve_clusters:
+            config["preserve_clusters"] = self.preserve_clusters
         return config

@@ -10,6 +10,7 @@ import numpy as np
 from tfaccel import graph
 from tfaccel.graph import IDENTITY, OUTPUT, LayerSelector, Replacement, copy_layer
 from tfaccel.quantization.calibration import _check_batch_size, calibrate
+from tfaccel.quantization.clusters import kernel_clusters
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -149,6 +150,9 @@ class _Rewrite:
         inner = layer.__class__.from_config(config)
         norm = None if bn is None else copy_layer(bn)
         kernel = np.asarray(layer.get_weights()[0])
+        # A clustered kernel keeps its clusters (CQAT), except under a
+        # per-tensor scheme with a folded BatchNorm (see QuantizeWrapper).
+        per_tensor_fold = kind == "per_tensor" and bn is not None
         wrapper = QuantizeWrapper(
             inner,
             batch_norm=norm,
@@ -156,6 +160,7 @@ class _Rewrite:
             weight_mode=kind,
             preserve_sparsity=bool(np.any(kernel == 0)),
             ema_decay=self.ema_decay,
+            preserve_clusters=0 if per_tensor_fold else kernel_clusters(kernel),
             name=f"quant_{layer.name}",
         )
         self.wrappers.append((wrapper, layer))
@@ -193,7 +198,12 @@ def quantize(
     `fit` as usual, then convert it with `Optimize.DEFAULT`: the converter
     makes int8 kernels from the fake-quant ops, no representative data set
     needed. Pruned models are stripped first, and weights that are zero stay
-    exactly zero (a fixed mask per kernel).
+    exactly zero (a fixed mask per kernel). A clustered kernel (see
+    `tfaccel.cluster`; at most 255 distinct nonzero values, an eighth of
+    the entries repeating one, see `kernel_clusters`) keeps its clusters: its centroids train with
+    fixed assignments and its int8 kernel stays on as many values
+    (cluster-preserving QAT, `QuantizeWrapper(preserve_clusters=...)`);
+    not under a per-tensor Dense scheme with a folded BatchNorm.
 
     Example:
 
@@ -264,6 +274,8 @@ def quantize(
         if wrapper.preserve_sparsity:
             kernel = np.asarray(original.get_weights()[0])
             wrapper.mask.assign((kernel != 0).astype("float32"))
+        if wrapper.preserve_clusters:
+            wrapper.set_clusters()  # from the copied kernel
     if calibration_data is not None:
         calibrate(new_model, calibration_data, batch_size=calibration_batch_size)
     return new_model
