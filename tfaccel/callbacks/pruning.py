@@ -19,32 +19,33 @@ from tfaccel.schedules import ConstantSparsity, PruningSchedule, check_schedule
 __all__ = ["Pruning", "last_pruning_step"]
 
 
-def last_pruning_step(schedule: PruningSchedule, step: int) -> int | None:
-    """The last step `<= step` at which `schedule` recomputes masks, or None.
+def last_pruning_step(schedule: PruningSchedule, step) -> tf.Tensor:
+    """The last step `<= step` at which `schedule` recomputes masks, or -1.
 
-    Reads the schedule's `begin_step`, `end_step` and `frequency` (the rule
-    of `PruningSchedule.should_prune`) in plain Python, so the callback pays
-    no TensorFlow op per batch to decide that nothing is due.
+    The rule of `PruningSchedule.should_prune` (`begin_step`, every
+    `frequency` steps after it, and `end_step`) run backwards, in graph ops:
+    with `steps_per_execution > 1` the callback sees every k-th step and
+    still finds the pruning steps it skipped.
 
     Example:
 
     >>> schedule = ConstantSparsity(0.8, begin_step=10, end_step=95, frequency=20)
-    >>> [last_pruning_step(schedule, s) for s in (5, 10, 49, 50, 94, 200)]
-    [None, 10, 30, 50, 90, 95]
+    >>> [int(last_pruning_step(schedule, s)) for s in (5, 10, 49, 50, 94, 200)]
+    [-1, 10, 30, 50, 90, 95]
 
     Args:
         schedule: a `tfaccel.schedules.PruningSchedule`.
-        step: a training step (python int).
+        step: a training step (python int or integer tensor).
 
     Returns:
-        A python int, or None before `begin_step`.
+        An int64 scalar tensor; -1 before `begin_step`.
     """
-    begin, end = schedule.begin_step, schedule.end_step
-    if step < begin:
-        return None
-    if 0 <= end <= step:
-        return end
-    return begin + (step - begin) // schedule.frequency * schedule.frequency
+    step = tf.cast(step, tf.int64)
+    begin = tf.constant(schedule.begin_step, tf.int64)
+    end = tf.constant(schedule.end_step, tf.int64)
+    last = begin + (step - begin) // schedule.frequency * schedule.frequency
+    last = tf.where(tf.logical_and(end >= 0, step >= end), end, last)
+    return tf.where(step < begin, tf.constant(-1, tf.int64), last)
 
 
 class Pruning(keras.callbacks.Callback):
@@ -142,8 +143,8 @@ class Pruning(keras.callbacks.Callback):
         self._selector = graph.selector(layers, "layers")
         self._weights: list[tuple[keras.Variable, int]] = []
         self._masks: list[tf.Variable] = []
-        self._mask_step: int | None = None
         self._ready = False
+        self._synced = False
 
     def get_config(self) -> dict:
         """The arguments, serializable when `layers` is given by name."""
@@ -167,8 +168,8 @@ class Pruning(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._weights = []
         self._masks = []
-        self._mask_step = None
         self._ready = False
+        self._synced = False
         # A model `fit` builds itself (a subclassed model not called yet,
         # outside a strategy scope) is set up after its first step.
         self._setup(first_step=False)
@@ -177,12 +178,14 @@ class Pruning(keras.callbacks.Callback):
         # Not at train begin: BackupAndRestore restores the weights and
         # `optimizer.iterations` in its own on_train_begin, which may come
         # after this callback's. Every on_train_begin runs before this.
-        if self._ready and self._mask_step is None:
+        if self._ready and not self._synced:
+            self._synced = True
             self._update()
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._ready:
             self._setup(first_step=True)
+            self._synced = True
         self._update()
 
     def _setup(self, first_step: bool):
@@ -190,23 +193,32 @@ class Pruning(keras.callbacks.Callback):
         if weights is None:
             return
         self._weights = weights
+        # Plain variables, outside any strategy: computed identically on
+        # every worker from the synchronized weights, never saved.
         self._masks = [
             tf.Variable(tf.ones(v.shape, v.dtype), trainable=False)
             for v, _ in weights
         ]
-        self._apply = tf.function(self._apply_masks)
-        self._recompute = tf.function(self._recompute_masks)
+        self._mask_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
+        # One graph call per batch: no eager op, no host read of the step.
+        self._update = tf.function(self._update_fn)
         self._ready = True
 
-    def _update(self):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def _update_fn(self):
+        step = tf.cast(self.model.optimizer.iterations, tf.int64)
         due = last_pruning_step(self.schedule, step)
-        if due is None:
-            return
-        if self._mask_step is None or due > self._mask_step:
-            self._recompute(self.schedule.sparsity_at(due))
-            self._mask_step = due
-        self._apply()
+
+        def recompute():
+            self._recompute_masks(self.schedule.sparsity_at(due))
+            self._mask_step.assign(due)
+            return tf.constant(True)
+
+        # The first call (masks all ones) derives the masks from the zeros
+        # of the weights: a restored or loaded model continues its masks.
+        tf.cond(due > self._mask_step, recompute, lambda: tf.constant(False))
+        # Before `begin_step` the masks are ones: weights stay as they are.
+        for (variable, _), mask in zip(self._weights, self._masks):
+            variable.assign(tf.convert_to_tensor(variable.value) * mask)
 
     def _recompute_masks(self, sparsity):
         for (variable, axis), mask in zip(self._weights, self._masks):
@@ -218,10 +230,6 @@ class Pruning(keras.callbacks.Callback):
             else:
                 new = nm_mask(weight, *self._nm, axis=axis)
             mask.assign(tf.cast(new, mask.dtype))
-
-    def _apply_masks(self):
-        for (variable, _), mask in zip(self._weights, self._masks):
-            variable.assign(tf.convert_to_tensor(variable.value) * mask)
 
     def _select(self, model, first_step: bool):
         """The `(variable, nm_axis)` pairs to prune, or None if not built yet."""
