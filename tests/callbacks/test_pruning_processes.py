@@ -1,5 +1,6 @@
-"""kill -9 mid-training, resume with BackupAndRestore: the same final masks."""
+"""In subprocesses: kill -9 and resume with BackupAndRestore; two workers."""
 
+import json
 import os
 import signal
 import subprocess
@@ -14,11 +15,12 @@ from tests.distribute import _harness
 pytestmark = pytest.mark.slow
 
 
-def _spawn(out, kill):
-    log = open(out / "run.log", "a")  # noqa: SIM115 - closed with the process
+def _spawn(out, kill, mode="resume", log="run.log", **env):
+    log = open(out / log, "a")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.callbacks._resume_worker", str(out), str(kill)],
-        cwd=_harness.ROOT, env=_harness.env(), stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "tests.callbacks._worker", mode, str(out), str(kill)],
+        cwd=_harness.ROOT, env=_harness.env(**env), stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -72,3 +74,30 @@ def test_kill_and_resume_ends_at_the_same_masks(tmp_path):
     weights, again = _load(plain / "weights.npz"), _load(killed / "weights.npz")
     for key in weights:
         np.testing.assert_array_equal(weights[key], again[key], err_msg=key)
+
+
+def test_two_workers_hold_identical_weights_and_masks(tmp_path):
+    ports = _harness.free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    procs = [
+        _spawn(
+            tmp_path, index, mode="multiworker", log=f"worker{index}.log",
+            TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        )
+        for index in range(2)
+    ]
+    for proc in procs:
+        _finish(proc, tmp_path)
+    first, second = (_load(tmp_path / f"weights{i}.npz") for i in range(2))
+    kernels = [key for key in first if key.endswith("kernel")]
+    assert len(kernels) == 3
+    for key in kernels:
+        zeros = first[key] == 0
+        assert zeros.sum() == round(0.8 * zeros.size), key
+    # BatchNormalization's moving statistics come from each worker's data.
+    synced = [key for key in first if ".moving_" not in key]
+    assert len(synced) == 8
+    for key in synced:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)

@@ -1,13 +1,18 @@
-"""Subprocess for the kill -9 test: the digits CNN pruned by the callback.
+"""Subprocesses of the callback tests: the digits CNN pruned by `Pruning`.
 
-`python -m tests.callbacks._resume_worker OUT KILL` trains 3 epochs with
+`python -m tests.callbacks._worker resume OUT KILL` trains 3 epochs with
 `[Pruning(...), BackupAndRestore(OUT/backup), Probe]`. With KILL=1 and no
 `OUT/marker.npz` yet, after the first epoch's backup it writes the pruned
 weights' zeros to `OUT/marker.npz` and sleeps until the test SIGKILLs it.
 A rerun resumes from the backup. At the end: `OUT/final.npz` (the zeros of
 every pruned weight) and `OUT/weights.npz` (every weight).
+
+`python -m tests.callbacks._worker multiworker OUT INDEX` (with TF_CONFIG)
+trains 3 epochs under `MultiWorkerMirroredStrategy` (from
+`tfaccel.distribute.auto_strategy`) and writes `OUT/weights{INDEX}.npz`.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -20,23 +25,44 @@ EPOCHS = 3
 BATCH = 64  # 22 steps per epoch; the schedule prunes until step 50
 
 
-def main(out, kill):
+def _setup(strategy=None):
     import keras
-    import tensorflow as tf
 
     from tests.tiny_models import load_digits_split, make_cnn
     from tfaccel.callbacks import Pruning
     from tfaccel.schedules import PolynomialDecay
 
-    tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(0)
     x, y, _, _ = load_digits_split()
-    model = make_cnn()
-    model.compile(
-        keras.optimizers.Adam(1e-2),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = make_cnn()
+        model.compile(
+            keras.optimizers.Adam(1e-2),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
     pruning = Pruning(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=50, frequency=4))
+    return x, y, model, pruning
+
+
+def _save_weights(path, model):
+    np.savez(path, **{v.path.replace("/", "."): v.numpy() for v in model.weights})
+
+
+def multiworker(out, index):
+    import tfaccel.distribute
+
+    x, y, model, pruning = _setup(tfaccel.distribute.auto_strategy())
+    model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+              callbacks=[pruning])
+    _save_weights(os.path.join(out, f"weights{index}.npz"), model)
+
+
+def resume(out, kill):
+    import keras
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    x, y, model, pruning = _setup()
     marker = os.path.join(out, "marker.npz")
 
     def zeros():
@@ -55,11 +81,9 @@ def main(out, kill):
         callbacks=[pruning, backup, Probe()],
     )
     np.savez(os.path.join(out, "final.npz"), **zeros())
-    np.savez(
-        os.path.join(out, "weights.npz"),
-        **{f"{i:02d}": v.numpy() for i, v in enumerate(model.weights)},
-    )
+    _save_weights(os.path.join(out, "weights.npz"), model)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    mode, out, number = sys.argv[1:]
+    {"resume": resume, "multiworker": multiworker}[mode](out, int(number))
