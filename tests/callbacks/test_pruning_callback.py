@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfaccel
+from tests.distribute._helpers import compile_model
 from tests.tiny_models import make_cnn, make_mlp
 from tfaccel.callbacks import Pruning
 from tfaccel.callbacks.pruning import last_pruning_step
@@ -16,12 +17,7 @@ SCHEDULE = PolynomialDecay(0.0, TARGET, begin_step=0, end_step=30, frequency=4)
 
 
 def _compile(model, **kwargs):
-    model.compile(
-        keras.optimizers.Adam(1e-2),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        **kwargs,
-    )
+    compile_model(model, **kwargs)  # Adam(1e-2), cross-entropy, accuracy
     return model
 
 
@@ -316,3 +312,22 @@ def test_selected_layer_never_built_is_an_error(digits):
     with pytest.warns(tfaccel.TfaccelWarning, match=r"does not call.*\['spare'\]"):
         model.fit(x, y, callbacks=[Pruning()], **fit)
     assert model.evaluate(x, y, verbose=0)[1] > 0.3
+
+
+def test_constraints_restored_and_model_plain_after_fit(digits):
+    x, y, _, _ = digits
+    nonneg = keras.constraints.NonNeg()
+    model = _compile(keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu", kernel_constraint=nonneg),
+        keras.layers.Dense(10),
+    ]))
+    hidden, logits = model.layers[1].kernel, model.layers[2].kernel
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+              callbacks=[Pruning(SCHEDULE)])
+    assert (hidden.numpy() >= 0).all()  # the user's constraint ran too
+    _assert_exact(model, TARGET)
+    assert hidden.constraint is nonneg and logits.constraint is None
+    # A later fit without the callback trains a plain model: weights regrow.
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    assert (logits.numpy() == 0).mean() < TARGET

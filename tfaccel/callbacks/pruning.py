@@ -19,33 +19,34 @@ from tfaccel.schedules import ConstantSparsity, PruningSchedule, check_schedule
 __all__ = ["Pruning", "last_pruning_step"]
 
 
-def last_pruning_step(schedule: PruningSchedule, step) -> tf.Tensor:
-    """The last step `<= step` at which `schedule` recomputes masks, or -1.
+def last_pruning_step(schedule: PruningSchedule, step: int) -> int | None:
+    """The last step `<= step` at which `schedule` recomputes masks, or None.
 
     The rule of `PruningSchedule.should_prune` (`begin_step`, every
-    `frequency` steps after it, and `end_step`) run backwards, in graph ops:
-    with `steps_per_execution > 1` the callback sees every k-th step and
-    still finds the pruning steps it skipped.
+    `frequency` steps after it, and `end_step`) run backwards in plain
+    Python: the callback pays no TensorFlow op to learn that nothing is due,
+    and with `steps_per_execution > 1` it still finds the pruning steps an
+    execution skipped over.
 
     Example:
 
     >>> schedule = ConstantSparsity(0.8, begin_step=10, end_step=95, frequency=20)
-    >>> [int(last_pruning_step(schedule, s)) for s in (5, 10, 49, 50, 94, 200)]
-    [-1, 10, 30, 50, 90, 95]
+    >>> [last_pruning_step(schedule, s) for s in (5, 10, 49, 50, 94, 200)]
+    [None, 10, 30, 50, 90, 95]
 
     Args:
         schedule: a `tfaccel.schedules.PruningSchedule`.
-        step: a training step (python int or integer tensor).
+        step: a training step (python int).
 
     Returns:
-        An int64 scalar tensor; -1 before `begin_step`.
+        A python int, or None before `begin_step`.
     """
-    step = tf.cast(step, tf.int64)
-    begin = tf.constant(schedule.begin_step, tf.int64)
-    end = tf.constant(schedule.end_step, tf.int64)
-    last = begin + (step - begin) // schedule.frequency * schedule.frequency
-    last = tf.where(tf.logical_and(end >= 0, step >= end), end, last)
-    return tf.where(step < begin, tf.constant(-1, tf.int64), last)
+    begin, end = schedule.begin_step, schedule.end_step
+    if step < begin:
+        return None
+    if 0 <= end <= step:
+        return end
+    return begin + (step - begin) // schedule.frequency * schedule.frequency
 
 
 class Pruning(keras.callbacks.Callback):
@@ -55,39 +56,40 @@ class Pruning(keras.callbacks.Callback):
     or subclassed model, compiled as usual. The prunable weights of the
     selected layers (the registry and selector of `tfaccel.prune`) follow
     `schedule`: at each step the schedule prunes, the masks are recomputed
-    from the weights' magnitudes (weights pruned before stay pruned), and
-    after every optimizer step the pruned weights are set back to exactly
-    zero. The model stays a plain Keras model with zeros in place: no
-    `strip_pruning`, and `tfaccel.sparsity(model)` reads the result.
+    from the weights' magnitudes (weights pruned before stay pruned) and
+    applied; after every optimizer step the pruned weights are set back to
+    exactly zero, inside the train step (the mask is installed as the
+    variable's `constraint`, which Keras optimizers apply after each update,
+    on every replica). The model stays a plain Keras model with zeros in
+    place: no `strip_pruning`, and `tfaccel.sparsity(model)` reads the
+    result. The constraints are removed when `fit` returns.
 
     The step is `model.optimizer.iterations`; masks live in the callback and
     are derived again from the zeros of the weights when training starts,
     so a `.keras` file, a second `fit`, or a run resumed by
     `keras.callbacks.BackupAndRestore` continue where training stopped
-    with no extra state. List `Pruning` *before* checkpointing callbacks
-    that save mid-epoch, so that they save the re-zeroed weights.
+    with no extra state.
 
     Compared with `tfaccel.prune` (a graph rewrite that masks inside the
     forward pass): both give the same masks at the same steps and the same
-    final sparsity per layer; `prune` is needed for QAT on a pruned model
-    during training, channel pruning, `allocation="erk"`, and for a mask
-    update inside every step of a multi-step execution.
+    final sparsity per layer (the same weights, on one device); `prune` is
+    needed for QAT on a pruned model during training, channel pruning,
+    `allocation="erk"`, and for mask updates inside a multi-step execution.
 
     With `steps_per_execution=k > 1` Keras calls callbacks once per
-    execution: pruned weights are re-zeroed and masks updated only at the
-    end of each execution (every k steps). A mask update the schedule puts
-    inside an execution happens at its end, at the sparsity of the last
-    pruning step reached, and pruned weights may drift from zero for up to
-    k - 1 steps in between; the model is exactly masked after each
-    execution, hence at the end of training.
+    execution: pruned weights still return to zero after every step, but
+    masks are recomputed only at the end of an execution (every k steps),
+    at the sparsity of the last pruning step the execution reached.
 
-    A model that `fit` builds itself (a subclassed model not called before
-    `fit`, outside a strategy scope) gets its first masks after its first
-    step, from the weights after that step.
+    Each `fit` with this callback traces its train step again (the
+    constraints are part of it), and once more after the first step when
+    `fit` itself builds the model (a subclassed model not called before
+    `fit`, outside a strategy scope): that model gets its first masks after
+    its first step, from the weights after that step.
 
-    Under `tf.distribute` strategies (Mirrored, MultiWorkerMirrored)
-    callbacks run in cross-replica context: every worker computes the same
-    masks from the same synchronized weights and the assignment writes all
+    Under `tf.distribute` strategies (Mirrored, MultiWorkerMirrored) the
+    callback runs in cross-replica context: every worker computes the same
+    masks from the same synchronized weights, and the assignments write all
     its replicas.
 
     Example:
@@ -144,7 +146,8 @@ class Pruning(keras.callbacks.Callback):
         self._weights: list[tuple[keras.Variable, int]] = []
         self._masks: list[tf.Variable] = []
         self._ready = False
-        self._synced = False
+        self._mask_step: int | None = None
+        self._epoch_start: int | None = None
 
     def get_config(self) -> dict:
         """The arguments, serializable when `layers` is given by name."""
@@ -166,10 +169,10 @@ class Pruning(keras.callbacks.Callback):
         return [variable for variable, _ in self._weights]
 
     def on_train_begin(self, logs=None):
-        self._weights = []
-        self._masks = []
-        self._ready = False
-        self._synced = False
+        self._release()  # after an interrupted `fit`
+        self._weights, self._masks = [], []
+        self._mask_step = None
+        self._epoch_start = None
         # A model `fit` builds itself (a subclassed model not called yet,
         # outside a strategy scope) is set up after its first step.
         self._setup(first_step=False)
@@ -178,15 +181,25 @@ class Pruning(keras.callbacks.Callback):
         # Not at train begin: BackupAndRestore restores the weights and
         # `optimizer.iterations` in its own on_train_begin, which may come
         # after this callback's. Every on_train_begin runs before this.
-        if self._ready and not self._synced:
-            self._synced = True
-            self._update()
+        self._epoch_start = self._iterations()
+        if self._ready and self._mask_step is None:
+            self._update(self._epoch_start)
 
     def on_train_batch_end(self, batch, logs=None):
+        # `batch` is the epoch's index of the last step run (k - 1 steps
+        # after the first with `steps_per_execution=k`): the step count
+        # needs no read of `optimizer.iterations` from the device, and a
+        # batch without a pruning step runs no TensorFlow op here.
         if not self._ready:
             self._setup(first_step=True)
-            self._synced = True
-        self._update()
+        if self._ready:
+            self._update(self._epoch_start + batch + 1)
+
+    def on_train_end(self, logs=None):
+        self._release()
+
+    def _iterations(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _setup(self, first_step: bool):
         weights = self._select(self.model, first_step)
@@ -199,24 +212,37 @@ class Pruning(keras.callbacks.Callback):
             tf.Variable(tf.ones(v.shape, v.dtype), trainable=False)
             for v, _ in weights
         ]
-        self._mask_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
-        # One graph call per batch: no eager op, no host read of the step.
-        self._update = tf.function(self._update_fn)
+        for (variable, _), mask in zip(weights, self._masks):
+            variable.constraint = _MaskConstraint(mask, variable.constraint)
+        # The train step reads constraints when it is traced: trace it again.
+        self.model.make_train_function(force=True)
+        self._apply = tf.function(self._apply_masks).get_concrete_function()
+        self._recompute = tf.function(self._recompute_masks).get_concrete_function(
+            tf.TensorSpec([], tf.float32)
+        )
         self._ready = True
 
-    def _update_fn(self):
-        step = tf.cast(self.model.optimizer.iterations, tf.int64)
+    def _release(self):
+        """Give the variables their own constraints back; retrace next `fit`."""
+        for variable, _ in self._weights:
+            if isinstance(variable.constraint, _MaskConstraint):
+                variable.constraint = variable.constraint.original
+        if self._ready and self.model is not None:
+            self.model.train_function = None
+        self._ready = False
+
+    def _update(self, step: int):
         due = last_pruning_step(self.schedule, step)
+        if due is None or (self._mask_step is not None and due <= self._mask_step):
+            return  # nothing pruned yet, or the masks are current
+        # The first update of a `fit` (masks all ones) derives the masks from
+        # the zeros of the weights: a restored, loaded or re-fit model
+        # continues its masks.
+        self._recompute(tf.cast(self.schedule.sparsity_at(due), tf.float32))
+        self._mask_step = due
+        self._apply()  # now, not after the next step: its forward pass too
 
-        def recompute():
-            self._recompute_masks(self.schedule.sparsity_at(due))
-            self._mask_step.assign(due)
-            return tf.constant(True)
-
-        # The first call (masks all ones) derives the masks from the zeros
-        # of the weights: a restored or loaded model continues its masks.
-        tf.cond(due > self._mask_step, recompute, lambda: tf.constant(False))
-        # Before `begin_step` the masks are ones: weights stay as they are.
+    def _apply_masks(self):
         for (variable, _), mask in zip(self._weights, self._masks):
             variable.assign(tf.convert_to_tensor(variable.value) * mask)
 
@@ -288,6 +314,21 @@ class Pruning(keras.callbacks.Callback):
                 f"`get_prunable_weights()`. Received: layers={self.layers!r}"
             )
         return weights
+
+
+class _MaskConstraint:
+    """`original(w) * mask`: what the optimizer assigns after each update."""
+
+    def __init__(self, mask: tf.Variable, original=None):
+        if isinstance(original, _MaskConstraint):  # left by an interrupted fit
+            original = original.original
+        self.mask = mask
+        self.original = original
+
+    def __call__(self, weight):
+        if self.original is not None:
+            weight = self.original(weight)
+        return weight * keras.ops.cast(self.mask, weight.dtype)
 
 
 def _layer_names(layers: LayerSelector):
