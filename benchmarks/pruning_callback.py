@@ -6,12 +6,13 @@ the same `PolynomialDecay` to 80% and the same shuffled batches, one with
 and one rewritten by `tfaccel.prune` (masks in the forward pass, then
 `strip_pruning`). Reports test accuracy of both, the final sparsity of every
 layer of both, and the train-step time of the callback path against plain
-`fit` (and of `prune` for context), measured interleaved.
+`fit` (and of `prune`, and of an empty callback as the noise floor),
+measured interleaved.
 
 A step's time is the wall time between consecutive `on_train_batch_begin`
-calls, so it includes every callback's `on_train_batch_end` work (the
-callback's re-zeroing and mask updates); the first interval of each `fit`
-(tracing) is dropped.
+calls, so it includes every callback's per-batch work (the callback's mask
+updates; its re-zeroing runs inside the train step); the first interval of
+each `fit` (tracing) is dropped.
 
 Usage (about 2-4 minutes on 2 busy cores):
 
@@ -155,18 +156,30 @@ def _overhead(data, repeats: int, steps: int, log) -> dict:
     plain = common.compile_classifier(_copy(base))
     with_callback = common.compile_classifier(_copy(base))
     rewritten = common.compile_classifier(tfaccel.prune(_copy(base), schedule))
+    control = common.compile_classifier(_copy(base))
+
+    class Nothing(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            pass
+
     runners = [
         ("plain", _round(plain, x, y, steps, lambda: [])),
+        # The noise floor: a callback that does nothing before each batch.
+        ("control", _round(control, x, y, steps, lambda: [Nothing()])),
         ("callback", _round(with_callback, x, y, steps,
                             lambda: [Pruning(schedule)])),
         ("prune", _round(rewritten, x, y, steps, lambda: [])),
     ]
     log(f"overhead: {repeats} interleaved rounds of {steps} steps")
     result = common.interleaved_step_times(runners, repeats=repeats, warmup=1)
+    medians = result["median_step_s"]
+    result["ratio_of_medians"] = {
+        name: round(medians[name] / medians["plain"], 4) for name in medians
+    }
     result["how"] = (
         f"model.fit, 1 epoch of {steps} batches of {common.BATCH} per round; a "
         "step is the wall time between consecutive on_train_batch_begin calls "
-        "(so it includes the callback's on_train_batch_end work), first interval "
+        "(so it includes all per-batch callback work), first interval "
         "of each fit dropped; ConstantSparsity(0.8) recomputing masks every "
         f"{max(1, spe // 2)} steps; ratio = median over rounds of (median step / "
         "plain median step in the same round)")
@@ -198,9 +211,13 @@ def _table(result: dict) -> str:
     lines.append("")
     lines.append(
         f"Train-step time vs plain fit (median of {over['repeats']} interleaved "
-        f"rounds): callback {over['ratio']['callback']:.3f}x "
+        f"rounds of median steps): callback {over['ratio']['callback']:.3f}x "
         f"(IQR {over['ratio_iqr']['callback']}), prune "
-        f"{over['ratio']['prune']:.3f}x; plain step "
+        f"{over['ratio']['prune']:.3f}x, empty control callback "
+        f"{over['ratio']['control']:.3f}x (the noise floor); ratio of the "
+        f"overall medians: callback {over['ratio_of_medians']['callback']:.3f}x, "
+        f"prune {over['ratio_of_medians']['prune']:.3f}x, control "
+        f"{over['ratio_of_medians']['control']:.3f}x; plain step "
         f"{1000 * over['median_step_s']['plain']:.2f} ms"
     )
     return "\n".join(lines)

@@ -136,12 +136,13 @@ def test_sparsity_rises_monotonically_and_zeros_stay_zero(digits):
     previous = [np.zeros(k.shape, bool) for k in kernels]
     assert [step for step, _ in probe.history] == list(range(1, 45))
     for step, zeros in probe.history:
-        due = last_pruning_step(SCHEDULE, step)
+        # Masks are updated before a step: step - 1 ran with these.
+        due = last_pruning_step(SCHEDULE, step - 1)
         target = float(SCHEDULE.sparsity_at(due))
         for zero, before in zip(zeros, previous):
             assert int(zero.sum()) == round(target * zero.size), step
             assert not (before & ~zero).any(), step  # pruned stays pruned
-        if step > SCHEDULE.end_step:  # masks fixed after the last update
+        if step - 1 > SCHEDULE.end_step:  # masks fixed after the last update
             for zero, before in zip(zeros, previous):
                 np.testing.assert_array_equal(zero, before)
         previous = zeros

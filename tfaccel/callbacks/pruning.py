@@ -175,7 +175,7 @@ class Pruning(keras.callbacks.Callback):
         self._epoch_start = None
         # A model `fit` builds itself (a subclassed model not called yet,
         # outside a strategy scope) is set up after its first step.
-        self._setup(first_step=False)
+        self._setup(after_a_step=False)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Not at train begin: BackupAndRestore restores the weights and
@@ -185,24 +185,29 @@ class Pruning(keras.callbacks.Callback):
         if self._ready and self._mask_step is None:
             self._update(self._epoch_start)
 
-    def on_train_batch_end(self, batch, logs=None):
-        # `batch` is the epoch's index of the last step run (k - 1 steps
-        # after the first with `steps_per_execution=k`): the step count
-        # needs no read of `optimizer.iterations` from the device, and a
-        # batch without a pruning step runs no TensorFlow op here.
+    def on_train_batch_begin(self, batch, logs=None):
+        # Before the step, as `prune`'s wrappers do: step k computes with the
+        # masks of step k. Not at batch end: a batch-end callback makes Keras
+        # wait for every step's logs. `batch` is the epoch's index of the
+        # step about to run, so the step count needs no read from the
+        # device, and a batch without a pruning step runs no TensorFlow op.
         if not self._ready:
-            self._setup(first_step=True)
+            self._setup(after_a_step=batch > 0 or self._epoch_start > 0)
         if self._ready:
-            self._update(self._epoch_start + batch + 1)
+            self._update(self._epoch_start + batch)
 
     def on_train_end(self, logs=None):
+        if self._ready:
+            # A pruning step at the very last step count (end_step equal
+            # to the number of steps trained) still takes effect.
+            self._update(self._iterations())
         self._release()
 
     def _iterations(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
-    def _setup(self, first_step: bool):
-        weights = self._select(self.model, first_step)
+    def _setup(self, after_a_step: bool):
+        weights = self._select(self.model, after_a_step)
         if weights is None:
             return
         self._weights = weights
@@ -257,7 +262,7 @@ class Pruning(keras.callbacks.Callback):
                 new = nm_mask(weight, *self._nm, axis=axis)
             mask.assign(tf.cast(new, mask.dtype))
 
-    def _select(self, model, first_step: bool):
+    def _select(self, model, after_a_step: bool):
         """The `(variable, nm_axis)` pairs to prune, or None if not built yet."""
         every = graph.all_layers(model)
         self._selector.check_names(every, model.name)
@@ -279,7 +284,7 @@ class Pruning(keras.callbacks.Callback):
                     # pruned as part of it, not a second time.
                     inside.update(id(sub) for sub in graph.all_layers(layer))
         unbuilt = [layer for layer in chosen if not layer.built]
-        if unbuilt and not first_step:
+        if unbuilt and not after_a_step:
             return None
         named = [layer.name for layer in unbuilt if self._selector(layer)]
         if named:
