@@ -78,8 +78,9 @@ class Pruning(keras.callbacks.Callback):
 
     With `steps_per_execution=k > 1` Keras calls callbacks once per
     execution: pruned weights still return to zero after every step, but
-    masks are recomputed only at the end of an execution (every k steps),
-    at the sparsity of the last pruning step the execution reached.
+    masks are recomputed only before an execution (every k steps): a
+    pruning step inside an execution takes effect before the next one, at
+    the sparsity of the last pruning step reached.
 
     Each `fit` with this callback traces its train step again (the
     constraints are part of it), and once more after the first step when
