@@ -34,6 +34,15 @@ def _check_sparsity(name: str, value) -> float:
     return float(value)
 
 
+def default_schedule() -> ConstantSparsity:
+    """50% sparsity from the first training step, masks recomputed every 100.
+
+    `begin_step=1`: the k-th training step sees step k (as in tfmot), so a
+    schedule beginning at 0 would first prune at step `frequency`.
+    """
+    return ConstantSparsity(0.5, begin_step=1)
+
+
 def check_schedule(schedule) -> PruningSchedule:
     """`schedule` if it is a `PruningSchedule`, else a TypeError naming it."""
     if not isinstance(schedule, PruningSchedule):
@@ -89,10 +98,11 @@ class PruningSchedule:
         self.begin_step = _check_int("begin_step", begin_step, minimum=0)
         self.end_step = _check_int("end_step", end_step, minimum=-1)
         self.frequency = _check_int("frequency", frequency, minimum=1)
-        if self.end_step >= 0 and self.end_step <= self.begin_step:
+        if self.end_step >= 0 and self.end_step < self.begin_step:
             raise ValueError(
-                "`end_step` must be greater than `begin_step` (or -1 for no "
-                f"end). Received: end_step={end_step}, begin_step={begin_step}"
+                "`end_step` must be at least `begin_step` (equal: prune once, "
+                f"or -1 for no end). Received: end_step={end_step}, "
+                f"begin_step={begin_step}"
             )
 
     @property
@@ -165,7 +175,8 @@ class ConstantSparsity(PruningSchedule):
     Args:
         target_sparsity: fraction of weights set to zero, in [0, 1).
         begin_step: first step at which masks are computed (>= 0).
-        end_step: last step at which masks are computed, or -1 for no end.
+        end_step: last step at which masks are computed, or -1 for no end;
+            `end_step == begin_step` prunes once, at that step (one-shot).
         frequency: masks are recomputed every `frequency` steps (>= 1).
     """
 
@@ -227,6 +238,12 @@ class PolynomialDecay(PruningSchedule):
     ):
         _check_int("end_step", end_step, minimum=0)
         super().__init__(begin_step, end_step, frequency)
+        if self.end_step == self.begin_step:
+            raise ValueError(
+                "PolynomialDecay needs `end_step` greater than `begin_step` (a "
+                "one-shot schedule is ConstantSparsity(target, begin_step=s, "
+                f"end_step=s)). Received: end_step={end_step}, begin_step={begin_step}"
+            )
         self.initial_sparsity = _check_sparsity("initial_sparsity", initial_sparsity)
         self._final_sparsity = _check_sparsity("final_sparsity", final_sparsity)
         if (

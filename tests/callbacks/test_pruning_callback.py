@@ -136,13 +136,13 @@ def test_sparsity_rises_monotonically_and_zeros_stay_zero(digits):
     previous = [np.zeros(k.shape, bool) for k in kernels]
     assert [step for step, _ in probe.history] == list(range(1, 45))
     for step, zeros in probe.history:
-        # Masks are updated before a step: step - 1 ran with these.
-        due = last_pruning_step(SCHEDULE, step - 1)
+        # Masks are updated before a step: the k-th step runs with step k's.
+        due = last_pruning_step(SCHEDULE, step)
         target = float(SCHEDULE.sparsity_at(due))
         for zero, before in zip(zeros, previous):
             assert int(zero.sum()) == round(target * zero.size), step
             assert not (before & ~zero).any(), step  # pruned stays pruned
-        if step - 1 > SCHEDULE.end_step:  # masks fixed after the last update
+        if step > SCHEDULE.end_step:  # masks fixed after the last update
             for zero, before in zip(zeros, previous):
                 np.testing.assert_array_equal(zero, before)
         previous = zeros
@@ -201,7 +201,7 @@ def test_subclassed_models_reach_the_target(digits, build, called_first):
     if called_first:
         model(x[:1])
     pruning = Pruning(SCHEDULE)
-    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[pruning])
+    model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[pruning])
     _assert_exact(model, TARGET)
     # Transformer: embed, MultiHeadAttention's four projections, the nested
     # FFN's two Dense, the classifier; each once.

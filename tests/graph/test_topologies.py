@@ -152,11 +152,11 @@ def test_shared_layer_steps_once_per_training_step():
     shared = pruned.get_layer("shared")
     assert shared.calls_per_step == 2
     x = _data(model)
-    pruned(x, training=True)
-    pruned(x, training=True)
+    pruned(x, training=True)  # two calls of `shared`: one step, step 1
+    assert shared.steps_done() == 1
+    assert tfaccel.sparsity(pruned)["shared/kernel"] == 0.0
+    pruned(x, training=True)  # step 2: the schedule begins
     assert shared.steps_done() == 2
-    assert tfaccel.sparsity(pruned)["shared/kernel"] == 0.0  # step 2 not seen yet
-    pruned(x, training=True)
     assert tfaccel.sparsity(pruned)["shared/kernel"] == pytest.approx(0.5)
 
 

@@ -128,7 +128,7 @@ def test_prune_erk_follows_a_rising_schedule(digits):
     for step in range(4):
         pruned.train_on_batch(x[:16], y[:16])
         overall, per, sizes = _weighted(pruned)
-        target = float(schedule.sparsity_at(step))
+        target = float(schedule.sparsity_at(step + 1))  # the k-th step sees k
         assert overall == pytest.approx(target, abs=len(per) / sum(sizes.values()))
         if target > 0.3:  # ... shared unevenly, in the final proportions
             assert per["conv2d_1/kernel"] == pytest.approx(target * factor, abs=0.01)

@@ -289,7 +289,7 @@ def test_prune_structure_channels_then_strip_shrinks(digits):
     before = [w.copy() for w in model.get_weights()]
     pruned = _compile(
         tfaccel.prune(
-            model, tfaccel.schedules.ConstantSparsity(0.5, 0, frequency=1000),
+            model, tfaccel.schedules.ConstantSparsity(0.5, 1, frequency=1000),
             structure="channels",
         )
     )

@@ -1,4 +1,8 @@
-"""Reporting-only callbacks: training is correct without them."""
+"""Callbacks: `Pruning` prunes any model from `fit`; the summaries only report.
+
+Training with `tfaccel.prune` or `tfaccel.quantize` is correct without any
+callback; `PruningSummary` and `QuantizationSummary` log and never change it.
+"""
 
 from tfaccel.callbacks.pruning import Pruning
 from tfaccel.callbacks.pruning_summary import PruningSummary

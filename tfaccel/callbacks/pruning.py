@@ -14,7 +14,11 @@ from tfaccel.pruning.base import PruningWrapper
 from tfaccel.pruning.masks import nm_mask, parse_structure, unstructured_mask
 from tfaccel.pruning.prune import _fit_pattern
 from tfaccel.pruning.registry import is_prunable, prunable_weights
-from tfaccel.schedules import ConstantSparsity, PruningSchedule, check_schedule
+from tfaccel.schedules import (
+    PruningSchedule,
+    check_schedule,
+    default_schedule,
+)
 
 __all__ = ["Pruning", "last_pruning_step"]
 
@@ -109,7 +113,8 @@ class Pruning(keras.callbacks.Callback):
 
     Args:
         schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
-            `ConstantSparsity(0.5)`. Its step is `optimizer.iterations`.
+            `ConstantSparsity(0.5, begin_step=1)`. The k-th training step
+            (counting from 1) sees step k, as in tfmot and `tfaccel.prune`.
         structure: `"unstructured"` or an `"N:M"` string such as `"2:4"`
             (N of every M consecutive input-channel weights are kept; the
             schedule then only says when masks are recomputed).
@@ -138,7 +143,7 @@ class Pruning(keras.callbacks.Callback):
     ):
         super().__init__()
         self.schedule = check_schedule(
-            ConstantSparsity(0.5) if schedule is None else schedule
+            default_schedule() if schedule is None else schedule
         )
         self.structure = structure
         self._nm = parse_structure(structure)
@@ -187,15 +192,16 @@ class Pruning(keras.callbacks.Callback):
             self._update(self._epoch_start)
 
     def on_train_batch_begin(self, batch, logs=None):
-        # Before the step, as `prune`'s wrappers do: step k computes with the
-        # masks of step k. Not at batch end: a batch-end callback makes Keras
+        # Before the step, as `prune`'s wrappers do: the k-th step (k = 1,
+        # 2, ...; `batch` counts from 0) computes with the masks of step k,
+        # as in tfmot. Not at batch end: a batch-end callback makes Keras
         # wait for every step's logs. `batch` is the epoch's index of the
         # step about to run, so the step count needs no read from the
         # device, and a batch without a pruning step runs no TensorFlow op.
         if not self._ready:
             self._setup(after_a_step=batch > 0 or self._epoch_start > 0)
         if self._ready:
-            self._update(self._epoch_start + batch)
+            self._update(self._epoch_start + batch + 1)
 
     def on_train_end(self, logs=None):
         if self._ready:

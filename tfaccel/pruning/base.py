@@ -67,8 +67,8 @@ class PruningWrapper(keras.layers.Wrapper):
         """Why the target is not reached yet (schedule before `end_step`), or None."""
         schedule = self.schedule
         step = self.steps_done()
-        # The last training call saw step `step - 1`.
-        if schedule.end_step < 0 or step - 1 >= schedule.end_step:
+        # The k-th training call sees step k: the last one saw `step`.
+        if schedule.end_step < 0 or step >= schedule.end_step:
             return None
         reached = ", ".join(f"{k}={v:.4f}" for k, v in self.sparsity().items())
         return (

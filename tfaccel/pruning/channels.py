@@ -208,16 +208,15 @@ class PruneChannels(PruningWrapper):
 
     def call(self, inputs, training=None):
         if training:
-            # The k-th training call (k = 0, 1, ...) evaluates the schedule at
-            # step k, as `PruneLowMagnitude` does: a schedule beginning at
-            # step 0 masks from the first batch.
-            step = ops.convert_to_tensor(self._step)
+            # The k-th training call (k = 1, 2, ...) evaluates the schedule
+            # at step k, as `PruneLowMagnitude` and tfmot do.
+            step = ops.convert_to_tensor(self._step) + 1
             should_prune, fraction = self.schedule(step)
             with full_precision():  # score float32 weights, not their autocast
                 new_mask = self.compute_mask_from(fraction)
             mask = ops.where(should_prune, new_mask, self.mask)
             self.mask.assign(mask)
-            self._step.assign(step + 1)
+            self._step.assign(step)
         else:
             mask = ops.convert_to_tensor(self.mask)
         variables = [self.layer.kernel]

@@ -16,10 +16,10 @@ from tfaccel.pruning.masks import parse_structure
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
 from tfaccel.pruning.wrapper import PruneLowMagnitude, fits_pattern
 from tfaccel.schedules import (
-    ConstantSparsity,
     PruningSchedule,
     ScaledSparsity,
     check_schedule,
+    default_schedule,
 )
 
 __all__ = ["prune", "strip_pruning", "sparsity"]
@@ -50,7 +50,7 @@ def prune(
     Args:
         model: a Sequential or functional Keras model.
         schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
-            `ConstantSparsity(0.5)`. Shared by all wrapped layers.
+            `ConstantSparsity(0.5, begin_step=1)` (from the first step). Shared by all wrapped layers.
         structure: `"unstructured"`, an `"N:M"` string such as `"2:4"`
             (N of every M consecutive input-channel weights are kept), or
             `"channels"` (whole output channels, see
@@ -82,7 +82,7 @@ def prune(
         TypeError: for arguments of the wrong type.
     """
     source = graph.read(model)
-    schedule = check_schedule(ConstantSparsity(0.5) if schedule is None else schedule)
+    schedule = check_schedule(default_schedule() if schedule is None else schedule)
     check_allocation(allocation)
     if allocation != "uniform" and structure != "unstructured":
         raise ValueError(

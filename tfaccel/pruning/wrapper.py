@@ -11,7 +11,7 @@ from tfaccel.graph import copy_layer
 from tfaccel.pruning.base import PruningWrapper
 from tfaccel.pruning.masks import nm_mask, parse_structure, unstructured_mask
 from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
-from tfaccel.schedules import ConstantSparsity, PruningSchedule, check_schedule
+from tfaccel.schedules import PruningSchedule, check_schedule, default_schedule
 
 __all__ = ["PruneLowMagnitude", "fits_pattern"]
 
@@ -28,8 +28,8 @@ class PruneLowMagnitude(PruningWrapper):
     The wrapped layer computes with `weight * mask` in place of each prunable
     weight; the variable itself is never assigned in the forward pass, and
     the gradient at masked positions is zero. Each training call evaluates
-    the schedule at the wrapper's own step counter (the k-th training call
-    sees step k, like tfmot with `optimizer.iterations`) and, when the
+    the schedule at the wrapper's own step counter (the k-th training call,
+    counting from 1, sees step k, exactly as tfmot's k-th step does) and, when the
     schedule says so, recomputes the masks from `|weight * old_mask|`, so
     weights pruned earlier stay pruned as sparsity rises.
 
@@ -56,7 +56,7 @@ class PruneLowMagnitude(PruningWrapper):
         layer: the layer to prune (a registered prunable layer, or one with
             a `get_prunable_weights()` method).
         schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
-            `ConstantSparsity(0.5)`.
+            `ConstantSparsity(0.5, begin_step=1)` (from the first step).
         structure: `"unstructured"` or an `"N:M"` string such as `"2:4"`.
         calls_per_step: how many times the model calls this layer in one
             training step (2+ for a layer shared by several branches): the
@@ -88,7 +88,7 @@ class PruneLowMagnitude(PruningWrapper):
             )
         self.calls_per_step = int(calls_per_step)
         self.schedule = check_schedule(
-            ConstantSparsity(0.5) if schedule is None else schedule
+            default_schedule() if schedule is None else schedule
         )
         self.structure = structure
         self._nm = parse_structure(structure)
@@ -167,10 +167,16 @@ class PruneLowMagnitude(PruningWrapper):
         return masks
 
     def update_masks(self):
-        """Advance one training step: recompute masks if the schedule says so."""
+        """Advance one training step: recompute masks if the schedule says so.
+
+        The k-th training call (k = 1, 2, ...) evaluates the schedule at step
+        k, as tfmot's k-th step does (it reads `optimizer.iterations + 1`).
+        """
+        self.pruning_step.assign_add(1)
         step = self.pruning_step
         if self.calls_per_step > 1:
-            step = step // self.calls_per_step
+            # A shared layer: calls 1..n are step 1, calls n+1..2n step 2, ...
+            step = (step + self.calls_per_step - 1) // self.calls_per_step
         should_prune, sparsity = self.schedule(step)
 
         def prune():
@@ -183,7 +189,6 @@ class PruneLowMagnitude(PruningWrapper):
             return tf.constant(True)
 
         tf.cond(should_prune, prune, lambda: tf.constant(False))
-        self.pruning_step.assign_add(1)
 
     def call(self, inputs=None, *args, training=None, **kwargs):
         # `inputs=None`: layers called with keywords only (`query=`,
