@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from tfaccel import graph
 
-__all__ = ["prepare_for_export", "register_export_step"]
+__all__ = ["functional_view", "prepare_for_export", "register_export_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,3 +146,52 @@ def _as_float32(model, notes: list[str]):
 
 
 register_export_step("float32", _is_mixed, _as_float32, order=20)
+
+
+def functional_view(model, input_shape=None, notes: list[str] | None = None):
+    """`model` itself if it has inputs, else a functional model around it.
+
+    A subclassed model has no `inputs`, which conversion and verification
+    need: it is called on a `keras.Input` of `input_shape` (one sample,
+    without the batch axis), or of the shape it was first built with
+    (`model.get_build_config()`, set by its first call or `build`).
+
+    Raises:
+        ValueError: neither `input_shape` nor a build shape is known, or the
+            model has several inputs and no `input_shape` list.
+    """
+    import keras
+
+    try:
+        if model.inputs:
+            return model
+    except (AttributeError, ValueError):
+        pass
+    if input_shape is None:
+        built = (model.get_build_config() or {}) if model.built else {}
+        shape = built.get("input_shape")
+        if not isinstance(shape, (list, tuple)) or not shape or isinstance(
+            shape[0], (list, tuple, dict)
+        ):
+            raise ValueError(
+                f"Model '{model.name}' ({type(model).__name__}) has no known "
+                "inputs: call it once on a batch (or `build` it) before "
+                "exporting, or pass `input_shape=` (one sample's shape, "
+                f"without the batch axis). Received: input_shape={input_shape!r}"
+            )
+        input_shape = tuple(shape[1:])
+    if not isinstance(input_shape, (list, tuple)) or not all(
+        isinstance(d, int) or d is None for d in input_shape
+    ):
+        raise ValueError(
+            "Argument `input_shape` must be one sample's shape, a tuple of "
+            f"ints without the batch axis. Received: input_shape={input_shape!r}"
+        )
+    inputs = keras.Input(tuple(input_shape), name="input")
+    view = keras.Model(inputs, model(inputs), name=model.name)
+    if notes is not None:
+        notes.append(
+            f"Subclassed model '{model.name}': exported through a functional "
+            f"view with input shape {tuple(input_shape)}."
+        )
+    return view

@@ -31,7 +31,7 @@ from tfaccel.data import normalize_data
 from tfaccel.export.atomic import AtomicFile
 from tfaccel.export.convert import check_convertible, convert
 from tfaccel.export.inspect import analyze
-from tfaccel.export.prepare import prepare_for_export
+from tfaccel.export.prepare import functional_view, prepare_for_export
 from tfaccel.export.report import ExportReport
 from tfaccel.export.run import run_tflite
 from tfaccel.export.verify import VerificationError
@@ -97,6 +97,7 @@ def export_tflite(
     tolerance: Mapping[str, float] | None = None,
     max_samples: int = 500,
     converter_options: Mapping[str, Any] | None = None,
+    input_shape: tuple | None = None,
 ) -> ExportReport:
     """Convert a Keras model to a TFLite file, check it, and report on it.
 
@@ -129,7 +130,9 @@ def export_tflite(
 
     Args:
         model: a built Keras model (or a Distiller-like model with a
-            `student`).
+            `student`). A subclassed model is exported through a functional
+            view: its input shape comes from `input_shape`, else from the
+            batch it was first called or built with.
         path: where to write the `.tflite` file. Missing parent directories
             are created (and removed again if the export fails); temporary
             files a killed export of the same path left are removed.
@@ -152,6 +155,8 @@ def export_tflite(
             key): limits the verification must meet.
         max_samples: the most samples used for calibration and verification.
         converter_options: extra `tf.lite.TFLiteConverter` attributes to set.
+        input_shape: for a subclassed model, the shape of one input sample
+            (without the batch axis), e.g. `(28, 28, 1)`.
 
     Returns:
         An `ExportReport` for the written file.
@@ -194,6 +199,7 @@ def export_tflite(
             "Argument `model` must be a keras.Model (or a Distiller with a "
             f"`student`). Received: model of type {type(model).__name__}"
         )
+    model = functional_view(model, input_shape, notes)
     from tfaccel.quantization import is_quantized
 
     qat = bool(is_quantized(model))
