@@ -34,6 +34,7 @@ def last_pruning_step(schedule: PruningSchedule, step: int) -> int | None:
 
     Example:
 
+    >>> from tfaccel.schedules import ConstantSparsity
     >>> schedule = ConstantSparsity(0.8, begin_step=10, end_step=95, frequency=20)
     >>> [last_pruning_step(schedule, s) for s in (5, 10, 49, 50, 94, 200)]
     [None, 10, 30, 50, 90, 95]
