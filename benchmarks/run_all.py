@@ -37,6 +37,8 @@ BENCHES = {
     "distillation": "benchmarks/distillation.py",
     "distribute": "benchmarks/distribute.py",
     "peer_keras_quantize": "benchmarks/peer_keras_quantize.py",
+    "pruning_callback": "benchmarks/pruning_callback.py",
+    "clustering": "benchmarks/clustering.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -50,6 +52,8 @@ QUICK = {
     "distillation": ["--seeds", "0"],
     "distribute": ["--repeats", "3", "--batches", "256"],
     "peer_keras_quantize": ["--seeds", "0"],
+    "pruning_callback": ["--seeds", "0", "--repeats", "5"],
+    "clustering": ["--seeds", "0", "--repeats", "3"],
 }
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
@@ -275,13 +279,15 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _mobilenet_section(pru, qat, peer)
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
-                      "peer_keras_quantize")}
+                      "peer_keras_quantize", "pruning_callback", "clustering")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
     lines += _distillation_section(more["distillation"])
     lines += _distribute_section(more["distribute"])
     lines += peer_keras_quantize.render_keras_quantize(more["peer_keras_quantize"])
+    lines += _pruning_callback_section(more["pruning_callback"])
+    lines += _clustering_section(more["clustering"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):
@@ -747,6 +753,53 @@ def _distribute_section(d: dict) -> list[str]:
     out += _table(["global batch", "model", "samples/s 1 device", "samples/s Mirrored 2",
                    "Mirrored / 1 device", "vs plain (1 device)", "vs plain (Mirrored)"],
                   rows)
+    return out
+
+
+def _pruning_callback_section(d: dict) -> list[str]:
+    out = ["## Pruning callback vs `tfaccel.prune` (digits CNN, 80%)", ""]
+    if not d:
+        return out + ["Not run: `" + _run_cmd("pruning_callback") + "`.", ""]
+    out += [f"`{d.get('command')}` (load average at the end "
+            f"{d.get('loadavg_end') or 'n/a'}):", ""]
+    out += [d.get("table_markdown", "").strip(), ""]
+    return out
+
+
+_CLUSTER_ROWS = [
+    ("Digits CNN, 16 clusters: accuracy minus dense, mean of seeds (pts; goal >= -0.5)",
+     "clustered_minus_dense_points", "pts"),
+    ("... worst seed (pts)", "clustered_minus_dense_points_min", "pts"),
+    ("Pruned 80% + 16 clusters + QAT int8 file: accuracy minus dense (pts; goal "
+     "within 1)", "pcqat_minus_dense_points", "pts"),
+    ("... kernel sparsity read from the file (goal 0.80)", "pcqat_kernel_sparsity", ""),
+    ("... most distinct values in one kernel of the file (goal <= 16)",
+     "pcqat_max_distinct_per_kernel", ""),
+    ("... gzip / pruned + QAT int8 gzip (goal <= 0.6x)",
+     "pcqat_gzip_vs_pruned_qat_gzip", "x"),
+    ("MobileNetV2 0.35 96px pruned + clustered + QAT int8 gzip / float32 gzip",
+     "mobilenet_pcqat_gzip_vs_float32_gzip", "x"),
+    ("... most distinct values in one kernel", "mobilenet_pcqat_max_distinct_per_kernel",
+     ""),
+    ("Clustering train step / plain step (digits CNN, median ratio)",
+     "cluster_step_ratio", "x"),
+]
+
+
+def _clustering_section(d: dict) -> list[str]:
+    out = ["## Weight clustering, PCQAT (tfaccel vs tfmot 0.8.1, same weights)", ""]
+    if not d:
+        return out + ["Not run: `" + _run_cmd("clustering") + "`.", ""]
+    mine, theirs = get(d, "summary.tfaccel") or {}, get(d, "summary.tfmot") or {}
+    rows = [[what, fmt(mine.get(key), kind), fmt(theirs.get(key), kind)]
+            for what, key, kind in _CLUSTER_ROWS]
+    out += _table(["figure", "tfaccel", "tfmot"], rows)
+    out += [f"`{d.get('command')}`; load average at the end "
+            f"{d.get('loadavg_end') or 'n/a'}. Both sides start from the same "
+            "weights, each in its own process; every file comes from the same "
+            "converter call. tfmot's sparsity-preserving k-means++ crashes on "
+            "kernels with too few nonzero weights, so its side leaves those layers "
+            "out (listed in the JSON).", ""]
     return out
 
 
