@@ -18,7 +18,7 @@ demo: $(VENV)/.installed-bench
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed-test
-	$(PY) -m ruff check tfaccel tests benchmarks examples docs
+	$(PY) -m ruff check tfaccel tfaccel_command.py tests benchmarks examples docs
 	$(PY) -m pytest -q --doctest-modules tfaccel
 	$(PY) -m pytest tests
 
@@ -29,7 +29,7 @@ docs: $(VENV)/.installed-test
 	$(PY) docs/gen_api.py
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check tfaccel tests benchmarks examples docs
+	$(PY) -m ruff check tfaccel tfaccel_command.py tests benchmarks examples docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info saved_models/*.tflite saved_models/*.keras

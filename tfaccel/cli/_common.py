@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Iterator
+from tfaccel_command import native_stderr_silenced  # noqa: F401  (one copy)
 
 EXIT_OK = 0
 EXIT_VERIFICATION_FAILED = 1
@@ -44,28 +41,3 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Sends file descriptor 2 to /dev/null while TensorFlow or LiteRT load.
-
-    TF 2.21 logs its oneDNN, CUDA and CPU-feature lines through absl before
-    `absl::InitializeLog()`, which ignores `TF_CPP_MIN_LOG_LEVEL`; LiteRT
-    prints "Created TensorFlow Lite XNNPACK delegate". Python-level errors
-    still surface as exceptions.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 at all (a daemon): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
