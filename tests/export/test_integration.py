@@ -26,7 +26,7 @@ def _overall(model):
 @pytest.fixture(scope="module")
 def pruned(trained_cnn, digits, fit):
     keras.utils.set_random_seed(0)
-    model = prune(trained_cnn, ConstantSparsity(0.8, 0))
+    model = prune(trained_cnn, ConstantSparsity(0.8, 1))
     return fit(model, digits, epochs=1)
 
 

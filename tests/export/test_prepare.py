@@ -10,7 +10,6 @@ from tfaccel.export import export_tflite, prepare
 
 
 def test_a_registered_step_runs_and_notes(tmp_path, monkeypatch):
-    prepare._load_steps()  # register the feature steps in the real table first
     monkeypatch.setattr(prepare, "_STEPS", dict(prepare._STEPS))
     seen = []
 
@@ -34,13 +33,12 @@ def test_a_registered_step_runs_and_notes(tmp_path, monkeypatch):
 
 
 def test_steps_run_by_order():
-    prepare._load_steps()
     names = [s.name for s in sorted(prepare._STEPS.values(), key=lambda s: s.order)]
     core = [n for n in names if n in ("distiller", "strip_pruning", "float32")]
     assert core == ["distiller", "strip_pruning", "float32"]
 
 
-def test_the_feature_steps_register_on_first_use_in_a_fresh_process():
+def test_the_feature_steps_register_on_import_in_a_fresh_process():
     code = (
         "from tfaccel.export import prepare\n"
         "import keras\n"

@@ -276,3 +276,14 @@ def test_public_api():
     assert "PruningSummary" in tfaccel.callbacks.__all__
     for module in (tfaccel.pruning, tfaccel.schedules, tfaccel.callbacks):
         assert all(hasattr(module, name) for name in module.__all__)
+
+
+def test_strip_before_the_first_pruning_step_warns():
+    # The k-th step sees step k (tfmot's rule): begin_step=0 and frequency=100
+    # first prune at step 100. Stripping earlier must not pass silently.
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+    pruned = prune(model, ConstantSparsity(0.5, begin_step=0, frequency=100))
+    for _ in range(3):
+        pruned(np.ones((2, 8), "float32"), training=True)
+    with pytest.warns(TfaccelWarning, match=r"'d' at step 3 has not reached its first pruning step \(100"):
+        strip_pruning(pruned)

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from tfaccel.graph import _keras
-from tfaccel.graph.reader import Graph, Node, read, tensor_name
+from tfaccel.graph.reader import Graph, Node, read
 
 __all__ = [
     "IDENTITY",
@@ -169,10 +169,9 @@ class _Rebuilder:
 
 
 def _new_input(tensor) -> keras.KerasTensor:
-    """A new model input like `tensor`, named after its InputLayer."""
-    return keras.Input(
-        batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor_name(tensor)
-    )
+    """A new model input like `tensor`, with its name (as `clone_model` does:
+    the exported file's input names stay the same)."""
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name)
 
 
 def _sequential_layers(replaced: list[Replacement]) -> list | None:

@@ -64,9 +64,22 @@ class PruningWrapper(keras.layers.Wrapper):
         return int(keras.ops.convert_to_numpy(self.step))
 
     def unfinished(self) -> str | None:
-        """Why the target is not reached yet (schedule before `end_step`), or None."""
+        """Why the target is not reached yet, or None.
+
+        Either the schedule is before its `end_step`, or (a schedule with no
+        end) it has not reached its first pruning step: the k-th training
+        step sees step k, so `begin_step=0` with `frequency=100` first
+        prunes at step 100, as in tfmot.
+        """
         schedule = self.schedule
         step = self.steps_done()
+        first = first_pruning_step(schedule)
+        if step < first:
+            return (
+                f"layer '{self.name}' at step {step} has not reached its first "
+                f"pruning step ({first}: begin_step={schedule.begin_step}, "
+                f"frequency={schedule.frequency}); its masks are all ones"
+            )
         # The k-th training call sees step k: the last one saw `step`.
         if schedule.end_step < 0 or step >= schedule.end_step:
             return None
@@ -75,6 +88,15 @@ class PruningWrapper(keras.layers.Wrapper):
             f"layer '{self.name}' at step {step}, end_step={schedule.end_step}, "
             f"target sparsity {schedule.final_sparsity:g}, reached: {reached}"
         )
+
+
+def first_pruning_step(schedule: PruningSchedule) -> int:
+    """The first step >= 1 at which `schedule` recomputes masks."""
+    begin, frequency = schedule.begin_step, schedule.frequency
+    first = begin if begin >= 1 else frequency
+    if schedule.end_step >= 1:
+        first = min(first, schedule.end_step)
+    return first
 
 
 def pruning_wrappers(model: keras.Model) -> list[PruningWrapper]:
