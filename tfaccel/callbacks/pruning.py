@@ -102,15 +102,15 @@ class Pruning(keras.callbacks.Callback):
 
     >>> import numpy as np
     >>> from tfaccel.schedules import PolynomialDecay
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
-    ...                           keras.layers.Dense(2)])
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="a"),
+    ...                           keras.layers.Dense(2, name="b")])
     >>> model.compile("adam", "mse")
     >>> pruning = Pruning(PolynomialDecay(0.0, 0.75, 0, 8, frequency=2))
     >>> x, y = np.ones((32, 8), "float32"), np.zeros((32, 2), "float32")
     >>> _ = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[pruning])
     >>> import tfaccel
     >>> tfaccel.sparsity(model)
-    {'dense/kernel': 0.75, 'dense_1/kernel': 0.75}
+    {'a/kernel': 0.75, 'b/kernel': 0.75}
 
     Args:
         schedule: a `tfaccel.schedules.PruningSchedule`; defaults to
