@@ -74,20 +74,21 @@ class PruningWrapper(keras.layers.Wrapper):
         schedule = self.schedule
         step = self.steps_done()
         first = first_pruning_step(schedule)
-        if step < first:
-            return (
-                f"layer '{self.name}' at step {step} has not reached its first "
-                f"pruning step ({first}: begin_step={schedule.begin_step}, "
-                f"frequency={schedule.frequency}); its masks are all ones"
-            )
+        before_first = (
+            f"its first pruning step ({first}: begin_step={schedule.begin_step}, "
+            f"frequency={schedule.frequency}) is not reached: masks are all ones"
+        )
         # The k-th training call sees step k: the last one saw `step`.
         if schedule.end_step < 0 or step >= schedule.end_step:
+            if step < first:
+                return f"layer '{self.name}' at step {step}: {before_first}"
             return None
         reached = ", ".join(f"{k}={v:.4f}" for k, v in self.sparsity().items())
-        return (
+        line = (
             f"layer '{self.name}' at step {step}, end_step={schedule.end_step}, "
             f"target sparsity {schedule.final_sparsity:g}, reached: {reached}"
         )
+        return f"{line} ({before_first})" if step < first else line
 
 
 def first_pruning_step(schedule: PruningSchedule) -> int:
