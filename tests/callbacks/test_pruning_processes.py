@@ -1,11 +1,8 @@
 """In subprocesses: kill -9 and resume with BackupAndRestore; two workers."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -25,27 +22,11 @@ def _spawn(out, kill, mode="resume", log="run.log", **env):
 
 
 def _finish(proc, out, timeout=300):
-    try:
-        assert proc.wait(timeout=timeout) == 0, _harness.logs(out)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _harness.finish(proc, out, timeout)
 
 
 def _kill_at_marker(proc, out, timeout=300):
-    deadline = time.monotonic() + timeout
-    try:
-        while not (out / "marker.npz").exists():
-            assert proc.poll() is None, _harness.logs(out)
-            assert time.monotonic() < deadline, _harness.logs(out)
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _harness.kill_at_marker(proc, out, "marker.npz", timeout)
 
 
 def _load(path):

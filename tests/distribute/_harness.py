@@ -3,9 +3,11 @@
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +76,31 @@ def logs(out):
     ) + "\n".join(
         f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(out.glob("*.err"))
     )
+
+
+def kill_at_marker(proc, out, marker, timeout):
+    """SIGKILL `proc` once `out / marker` exists; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not (out / marker).exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited {proc.returncode}\n" + logs(out))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {marker} after {timeout}s\n" + logs(out))
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def finish(proc, out, timeout):
+    """Wait for `proc` to exit 0 (its logs on failure); never leave it running."""
+    try:
+        assert proc.wait(timeout=timeout) == 0, logs(out)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

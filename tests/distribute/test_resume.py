@@ -1,9 +1,6 @@
 """Preemption: SIGKILL mid-epoch, restart, BackupAndRestore resumes tfaccel state."""
 
 import json
-import os
-import signal
-import time
 
 import pytest
 
@@ -17,30 +14,12 @@ KILL_AFTER = 10  # batches; a multiple of the workers' save_freq=5
 def _run_until(out, marker, timeout=180):
     """Start a resume worker; SIGKILL it once `marker` appears."""
     proc = _harness.spawn(["resume", str(out), str(KILL_AFTER)], out / "run.log")
-    deadline = time.monotonic() + timeout
-    try:
-        while not (out / marker).exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"worker exited {proc.returncode}\n" + _harness.logs(out))
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {marker} after {timeout}s\n" + _harness.logs(out))
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _harness.kill_at_marker(proc, out, marker, timeout)
 
 
 def _run_to_end(out, timeout=240):
     proc = _harness.spawn(["resume", str(out), str(KILL_AFTER)], out / "run.log")
-    try:
-        assert proc.wait(timeout=timeout) == 0, _harness.logs(out)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _harness.finish(proc, out, timeout)
 
 
 def _load(out, name):
