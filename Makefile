@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+# pytest processes for `make test` (CI has 2 cores); TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench lint docs clean
 
@@ -20,7 +22,7 @@ demo: $(VENV)/.installed-bench
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check tfaccel tfaccel_command.py tests benchmarks examples docs
 	$(PY) -m pytest -q --doctest-modules tfaccel
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run_all.py
