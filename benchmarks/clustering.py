@@ -400,6 +400,7 @@ def summary(result: dict) -> dict:
         ovh = side.get("overhead", {})
         if "ratio" in ovh:
             s["cluster_step_ratio"] = ovh["ratio"]["clustered"]
+            s["cluster_step_ratio_iqr"] = ovh["ratio_iqr"]["clustered"]
         out[name] = s
     return out
 

@@ -786,6 +786,7 @@ _CLUSTER_ROWS = [
      ""),
     ("Clustering train step / plain step (digits CNN, median ratio)",
      "cluster_step_ratio", "x"),
+    ("... interquartile range of the per-round ratios", "cluster_step_ratio_iqr", ""),
 ]
 
 
@@ -805,8 +806,8 @@ def _clustering_section(d: dict) -> list[str]:
             "out (listed in the JSON).", "",
             "The 0.6x gzip goal is out of reach of any file format that stores "
             "the int8 kernels, not only of these two libraries: clustering "
-            "shrinks only the nonzero 20% of the weights (from about 7 bits of "
-            "entropy each to at most 4), while the 80% zeros cost the same in "
+            "shrinks only the nonzero 20% of the weights (from about 6 bits of "
+            "entropy each to at most 4, 16 values), while the 80% zeros cost the same in "
             "both files (gzip spends close to a bit on each; entropy 0.72 bit). "
             "The entropy row is the ratio an ideal coder of the kernel values "
             "would reach; the file's ratio is above it because the scales, "
