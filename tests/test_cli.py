@@ -114,6 +114,7 @@ def test_export_int8_calibrates_with_a_progress_bar(files, tmp_path, capsys):
     assert "calibrating [" in err and "64/64 samples" in err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["ops"]["CONV_2D"] == {"int8": 2}
+    assert report["float_ops"] == []  # every op of the body is integer
     assert report["inputs"][0]["dtype"] == "int8"
     assert report["outputs"][0]["dtype"] == "int8"
     assert report["agreement"] >= 0.9
@@ -365,3 +366,21 @@ def test_two_input_model_takes_npz_by_name_or_in_input_order(tmp_path, capsys, d
     assert code == 2
     assert "dict keyed by those names" in one_error_line(err)
     assert not (tmp_path / "bad.tflite").exists()
+
+
+def test_inspect_names_the_layer_of_each_float_op(tmp_path, capsys, digits):
+    from tfaccel.export import export_tflite
+    from tfaccel.quantization import quantize
+
+    x_train = digits[0][:64, ..., 0]
+    model = keras.Sequential([
+        keras.Input((8, 8)), keras.layers.SimpleRNN(8, name="rnn"),
+        keras.layers.Dense(10, name="logits")])
+    qat = quantize(model, calibration_data=x_train, skip=["rnn"])  # no QAT rule
+    export_tflite(qat, tmp_path / "m.tflite", verify=False)
+    code, out, _ = run(capsys, "inspect", tmp_path / "m.tflite")
+    assert code == 0
+    assert re.search(r"float ops +32 in the integer body", out)
+    assert "TANH[float32] x8 in layer 'rnn': float island" in out
+    code, out, _ = run(capsys, "inspect", tmp_path / "m.tflite", "--json")
+    assert {op["layer"] for op in json.loads(out)["float_ops"]} == {"rnn"}
