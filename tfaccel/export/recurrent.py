@@ -105,10 +105,11 @@ def unroll_recurrent(model, notes: list[str]):
         return graph.Replacement(new, weights=[(layer, new)])
 
     unrolled = graph.rebuild(model, plan)
-    notes.append(
-        "Unrolled recurrent layers over their timesteps for TFLite: "
-        f"{', '.join(done)}."
-    )
+    if done:
+        notes.append(
+            "Unrolled recurrent layers over their timesteps for TFLite: "
+            f"{', '.join(done)}."
+        )
     return unrolled
 
 
