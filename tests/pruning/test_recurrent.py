@@ -103,3 +103,16 @@ def test_bilstm_pruned_model_exports(tokens, tmp_path):
     report = export_tflite(pruned, tmp_path / "m.tflite", verification_data=tokens[2][:64],
                            tolerance={"min_agreement": 0.99})
     assert report.sparsity == pytest.approx(0.5, abs=0.05)
+
+
+def test_pruning_callback_prunes_recurrent_kernels_in_place(tokens):
+    from tfaccel.callbacks import Pruning
+
+    keras.utils.set_random_seed(0)
+    model = bilstm_classifier()
+    train(model, tokens, epochs=1, callbacks=[Pruning(EVERY_STEP)])
+    view = sparsity(model)
+    keys = [k for k in view if k.startswith("bilstm/")]
+    assert len(keys) == 4  # kernel and recurrent kernel, both directions
+    for key in keys:
+        assert view[key] == pytest.approx(0.5, abs=0.01), key
