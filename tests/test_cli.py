@@ -114,6 +114,7 @@ def test_export_int8_calibrates_with_a_progress_bar(files, tmp_path, capsys):
     assert "calibrating [" in err and "64/64 samples" in err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["ops"]["CONV_2D"] == {"int8": 2}
+    assert report["float_ops"] == []  # every op of the body is integer
     assert report["inputs"][0]["dtype"] == "int8"
     assert report["outputs"][0]["dtype"] == "int8"
     assert report["agreement"] >= 0.9
@@ -336,3 +337,50 @@ def test_progress_bar_redraws_on_a_terminal_and_logs_deciles_otherwise(terminal)
     else:
         assert "\r" not in text
         assert len(text.splitlines()) == 11  # 0%, 10%, ..., 100%
+
+
+def test_two_input_model_takes_npz_by_name_or_in_input_order(tmp_path, capsys, digits):
+    x_train, _, x_test, _ = digits
+    top = keras.Input((4, 8), name="top")
+    bottom = keras.Input((4, 8), name="bottom")
+    joined = keras.layers.Concatenate()(
+        [keras.layers.Flatten()(top), keras.layers.Flatten()(bottom)])
+    model = keras.Model([top, bottom], keras.layers.Dense(10)(joined))
+    model.save(tmp_path / "two.keras")
+    halves = lambda x: (x[:, :4, :, 0], x[:, 4:, :, 0])  # noqa: E731
+    np.savez(tmp_path / "calib.npz", bottom=halves(x_train[:32])[1],
+             top=halves(x_train[:32])[0])
+    np.savez(tmp_path / "test.npz", *halves(x_test[:40]))  # arr_0, arr_1
+    code, out, err = run(
+        capsys, "export", tmp_path / "two.keras", "-o", tmp_path / "two.tflite",
+        "--int8", "--calibration", tmp_path / "calib.npz",
+        "--verification", tmp_path / "test.npz", "--no-progress",
+    )
+    assert code == 0, err
+    assert "40 samples" in out and "FULLY_CONNECTED[int8]" in out
+    np.savez(tmp_path / "bad.npz", top=halves(x_test[:4])[0], left=x_test[:4, :4, :, 0])
+    code, _, err = run(
+        capsys, "export", tmp_path / "two.keras", "-o", tmp_path / "bad.tflite",
+        "--int8", "--calibration", tmp_path / "bad.npz", "--no-progress",
+    )
+    assert code == 2
+    assert "dict keyed by those names" in one_error_line(err)
+    assert not (tmp_path / "bad.tflite").exists()
+
+
+def test_inspect_names_the_layer_of_each_float_op(tmp_path, capsys, digits):
+    from tfaccel.export import export_tflite
+    from tfaccel.quantization import quantize
+
+    x_train = digits[0][:64, ..., 0]
+    model = keras.Sequential([
+        keras.Input((8, 8)), keras.layers.SimpleRNN(8, name="rnn"),
+        keras.layers.Dense(10, name="logits")])
+    qat = quantize(model, calibration_data=x_train, skip=["rnn"])  # no QAT rule
+    export_tflite(qat, tmp_path / "m.tflite", verify=False)
+    code, out, _ = run(capsys, "inspect", tmp_path / "m.tflite")
+    assert code == 0
+    assert re.search(r"float ops +32 in the integer body", out)
+    assert "TANH[float32] x8 in layer 'rnn': float island" in out
+    code, out, _ = run(capsys, "inspect", tmp_path / "m.tflite", "--json")
+    assert {op["layer"] for op in json.loads(out)["float_ops"]} == {"rnn"}

@@ -49,6 +49,16 @@ def _input_specs(model) -> list[tuple[str, tuple, str]]:
     return specs
 
 
+def _multi_input_forms(names: list[str]) -> str:
+    """The accepted forms for several inputs, as error messages list them."""
+    return (
+        f"a list (or tuple) of {len(names)} arrays in the order of "
+        f"`model.inputs` {names}, or a dict keyed by those names; either "
+        "alone, inside `(x, y)`, or as the elements of a tf.data.Dataset or "
+        "an iterable of batches"
+    )
+
+
 def _split_element(element: Any, specs: list, argname: str) -> list[Any]:
     """One dataset element -> one array-like per model input (labels dropped)."""
     n = len(specs)
@@ -62,8 +72,8 @@ def _split_element(element: Any, specs: list, argname: str) -> list[Any]:
             return _split_element(element["x"], specs, argname)
         raise ValueError(
             f"Argument `{argname}` yielded a dict whose keys do not name the "
-            f"model inputs. Expected keys: {names} (or a list of {n} arrays in "
-            f"that order). Received keys: {sorted(element)}."
+            f"model inputs. Expected: {_multi_input_forms(names)}. Received "
+            f"keys: {sorted(map(str, element))}."
         )
     if isinstance(element, (tuple, list)):
         if not element:
@@ -81,15 +91,14 @@ def _split_element(element: Any, specs: list, argname: str) -> list[Any]:
             return [first]
         raise ValueError(
             f"Argument `{argname}` must give {n} arrays per element for a model "
-            f"with {n} inputs: a list in the order {names} or a dict keyed by "
-            f"those names (optionally inside `(x, y)`). Received: a "
+            f"with {n} inputs: {_multi_input_forms(names)}. Received: a "
             f"{type(element).__name__} of {len(element)} items."
         )
     if n > 1:
         raise ValueError(
             f"Argument `{argname}` must give {n} arrays per element for a model "
-            f"with {n} inputs: a list in the order {names} or a dict keyed by "
-            f"those names. Received: a single {type(element).__name__}."
+            f"with {n} inputs: {_multi_input_forms(names)}. Received: a single "
+            f"{type(element).__name__}."
         )
     return [element]
 
@@ -145,6 +154,13 @@ def _elements(data: Any, specs: list) -> Any:
     if isinstance(data, (tuple, list)) and len(specs) > 1 and len(data) == len(specs):
         if all(_is_array_like(d) for d in data):
             return [list(data)]  # one array per input
+    if (
+        isinstance(data, tuple)
+        and len(data) in (2, 3)
+        and isinstance(data[0], (tuple, list, Mapping))
+        and all(_is_array_like(d) for d in data[1:])
+    ):
+        return [data]  # `(x, y)` as given to `fit`, x a list or dict of arrays
     if callable(data):
         return data()
     return data

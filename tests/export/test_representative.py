@@ -1,5 +1,7 @@
 """The forms of representative / verification data export_tflite accepts."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -104,3 +106,47 @@ def test_batches_split_and_stop_at_max_samples(cnn, x):
     assert sizes == [3, 1, 3, 1, 2]
     sizes = [len(b[0]) for b in iter_batches(x, cnn, "d", 4, max_samples=7)]
     assert sizes == [4, 3]
+
+
+def _two_inputs():
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    return keras.Model([a, b], keras.layers.Concatenate()([a, b]))
+
+
+def test_multi_input_lists_in_model_input_order_everywhere():
+    model = _two_inputs()
+    xa = np.arange(12, dtype="float32").reshape(4, 3)
+    xb = -np.arange(8, dtype="float32").reshape(4, 2)
+    y = np.zeros(4)
+    forms = [
+        [xa, xb],
+        (xa, xb),
+        ([xa, xb], y),  # `(x, y)` as given to fit, x a list
+        ({"a": xa, "b": xb}, y),
+        tf.data.Dataset.from_tensor_slices(((xa, xb), y)).batch(3),
+        lambda: ([xa[i : i + 1], xb[i : i + 1]] for i in range(4)),
+    ]
+    for data in forms:
+        out = normalize_data(data, model, "representative_data")
+        np.testing.assert_array_equal(out[0], xa)
+        np.testing.assert_array_equal(out[1], xb)
+
+
+@pytest.mark.parametrize(
+    "data, received",
+    [
+        (lambda xa, xb: [xa], "Received: a single ndarray"),
+        (lambda xa, xb: [[xa, xb, xa]], "a list of 3 items"),
+        (lambda xa, xb: {"a": xa, "c": xb}, r"Received keys: \['a', 'c'\]"),
+    ],
+)
+def test_multi_input_errors_list_the_accepted_forms(data, received):
+    xa, xb = np.ones((4, 3)), np.zeros((4, 2))
+    with pytest.raises(ValueError) as info:
+        normalize_data(data(xa, xb), _two_inputs(), "calibration_data")
+    message = str(info.value)
+    assert "`calibration_data`" in message
+    assert "a list (or tuple) of 2 arrays in the order of `model.inputs` " \
+        "['a', 'b'], or a dict keyed by those names" in message
+    assert re.search(received, message)

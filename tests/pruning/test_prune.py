@@ -287,3 +287,27 @@ def test_strip_before_the_first_pruning_step_warns():
         pruned(np.ones((2, 8), "float32"), training=True)
     with pytest.warns(TfaccelWarning, match=r"'d' at step 3: its first pruning step \(100.*masks are all ones"):
         strip_pruning(pruned)
+
+
+def test_sparsity_view_lists_what_a_pruned_model_left_dense(tmp_path):
+    # An RGB-like stem (3 input channels) cannot take 2:4: left dense with a
+    # warning, and `sparsity` says so beside the pruned layers' figures.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, name="stem")(inputs)
+    x = keras.layers.Conv2D(8, 3, name="body")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+    assert sparsity(model).dense == {}  # nothing asked of a plain model
+    with pytest.warns(TfaccelWarning, match=r"left dense.*'stem'"):
+        pruned = prune(model, EVERY_STEP, structure="2:4")
+    view = sparsity(pruned)
+    assert set(view) == {"stem/kernel", "body/kernel", "head/kernel"}
+    assert view.dense == {
+        "stem/kernel": "structure='2:4' needs M=4 to divide its input channels "
+                       "(axis -2 of shape (3, 3, 3, 8))",
+    }
+    only_body = prune(model, EVERY_STEP, structure="2:4", layers=["body"])
+    assert sparsity(only_body).dense["head/kernel"] == (
+        "not pruned: not selected by `layers`")
+    pruned.save(tmp_path / "p.keras")  # derived from the model: survives a reload
+    assert sparsity(keras.models.load_model(tmp_path / "p.keras")).dense == view.dense

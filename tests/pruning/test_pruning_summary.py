@@ -10,7 +10,7 @@ from tests.tiny_models import make_cnn, make_mlp
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.callbacks import PruningSummary
 from tfaccel.pruning import prune
-from tfaccel.schedules import PolynomialDecay
+from tfaccel.schedules import ConstantSparsity, PolynomialDecay
 
 
 def _model(end_step):
@@ -107,3 +107,22 @@ class _no_tfaccel_warning:
 
     def __exit__(self, *exc):
         return self._catch.__exit__(*exc)
+
+
+def test_layers_left_dense_by_2_4_are_logged_with_the_reason(digits):
+    # The first conv has one input channel: 2:4 cannot tile it, so prune
+    # leaves it dense with a warning; the summary shows it at 0 beside the
+    # pruned ones, and says why.
+    x, y, _, _ = digits
+    with pytest.warns(TfaccelWarning, match="left dense.*'conv2d'"):
+        model = prune(make_cnn(), ConstantSparsity(0.5, begin_step=1, frequency=1),
+                      structure="2:4")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    summary = PruningSummary()
+    history = model.fit(x[:256], y[:256], batch_size=64, epochs=1, verbose=0,
+                        callbacks=[summary])
+    assert history.history["sparsity/conv2d/kernel"] == [0.0]
+    assert history.history["sparsity/dense/kernel"] == [0.5]
+    assert list(summary.left_dense) == ["conv2d/kernel"]
+    assert "needs M=4 to divide its input channels (axis -2 of shape (3, 3, 1, 8))" \
+        in summary.left_dense["conv2d/kernel"]

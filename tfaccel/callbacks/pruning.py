@@ -322,7 +322,8 @@ class Pruning(keras.callbacks.Callback):
             raise ValueError(
                 f"No prunable layer selected in model '{model.name}' "
                 f"(selected: {matched}). Prunable layers are Dense, Conv*, "
-                "EinsumDense, Embedding, MultiHeadAttention, ... and layers "
+                "EinsumDense, Embedding, MultiHeadAttention, LSTM, GRU, "
+                "SimpleRNN, Bidirectional, ... and layers "
                 "registered with `register_prunable` or defining "
                 f"`get_prunable_weights()`. Received: layers={self.layers!r}"
             )

@@ -21,7 +21,11 @@ class PruningSummary(keras.callbacks.Callback):
     `schedule` and `sparsity()`. Reporting only: pruning is exact without
     this callback. At the end of each epoch it adds
     `sparsity/<layer>/<weight>` entries to `logs` (so they appear in
-    `History`) and, with `log_dir`, writes them as TensorBoard scalars. At the first epoch `fit` runs it warns (`TfaccelWarning`) when a
+    `History`) and, with `log_dir`, writes them as TensorBoard scalars.
+    Prunable weights the pruned model left dense (a layer `structure="2:4"`
+    cannot tile, a layer not selected) are logged too, at their own
+    sparsity, and listed with the reason in `left_dense` (weight key -> why,
+    see `tfaccel.pruning.sparsity`). At the first epoch `fit` runs it warns (`TfaccelWarning`) when a
     schedule's `end_step` lies beyond the last step this `fit` will run
     (counting from `initial_epoch`), since the final sparsity would then
     never be reached.
@@ -43,6 +47,7 @@ class PruningSummary(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._writer = None
         self._checked = True
+        self.left_dense: dict[str, str] = {}
 
     def on_train_begin(self, logs=None):
         self._checked = False
@@ -78,10 +83,11 @@ class PruningSummary(keras.callbacks.Callback):
                 )
 
     def on_epoch_end(self, epoch, logs=None):
-        values = {}
-        for wrapper in pruning_wrappers(self.model):
-            for key, value in wrapper.sparsity().items():
-                values[f"sparsity/{key}"] = value
+        from tfaccel.pruning.prune import sparsity
+
+        view = sparsity(self.model) if pruning_wrappers(self.model) else {}
+        self.left_dense = dict(getattr(view, "dense", {}))
+        values = {f"sparsity/{key}": value for key, value in view.items()}
         if logs is not None:
             logs.update(values)
         if self.log_dir and values:

@@ -42,8 +42,10 @@ examples:
       --verification x_test.npy --min-agreement 0.99 --report report.json
 
 Calibration/verification data is a NumPy .npy file holding one float array
-shaped like the model input with a leading sample axis (N, ...). It is read
-with allow_pickle=False. The conversion runs in a child process: a converter
+shaped like the model input with a leading sample axis (N, ...); for a model
+with several inputs, an .npz archive of one array per input, saved by input
+name (np.savez(f, a=xa, b=xb)) or in the order of model.inputs
+(np.savez(f, xa, xb)). Files are read with allow_pickle=False. The conversion runs in a child process: a converter
 crash is reported (exit 4) and leaves no file behind. No output path may be
 one of the input files.
 
@@ -75,9 +77,9 @@ def add_parser(sub: Any, formatter: type, wrap: Any, epilog: str) -> None:
     mode.add_argument("--dynamic", dest="quantization", action="store_const",
                       const="dynamic",
                       help="int8 weights, float activations (no calibration data)")
-    add("--calibration", metavar="DATA.npy",
+    add("--calibration", metavar="DATA.npy|.npz",
         help="representative samples (N, ...) for --int8 on a float model")
-    add("--verification", metavar="DATA.npy",
+    add("--verification", metavar="DATA.npy|.npz",
         help="samples to compare the file with the Keras model "
              "(default: the calibration data)")
     add("--input-type", choices=["int8", "float32"], default=None,

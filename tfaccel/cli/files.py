@@ -173,33 +173,55 @@ def load_model_safely(path: str) -> Any:
 
 
 def load_array(path: str, option: str) -> Any:
-    """A numeric `.npy` array with a leading sample axis, or `CliError` (2)."""
+    """Samples from a `.npy` file, or from an `.npz` archive for several inputs.
+
+    An `.npy` file holds one numeric array with a leading sample axis. An
+    `.npz` archive holds one such array per model input: saved by name
+    (`np.savez(f, a=xa, b=xb)`, a dict keyed by input name) or by position
+    (`np.savez(f, xa, xb)`, a list in the order of `model.inputs`).
+    Anything else is a `CliError` (exit 2).
+    """
     import numpy as np
 
     if not os.path.isfile(path):
         raise CliError(f"{option}: file not found: {path}")
     try:
-        array = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                arrays = {key: loaded[key] for key in loaded.files}
+        else:
+            arrays = None
     except ValueError as e:
         raise CliError(
-            f"{option}: expected a .npy file holding a numeric array. "
-            f"Received: {path} ({first_line(e)})"
+            f"{option}: expected a .npy file holding a numeric array, or an "
+            f".npz archive of one array per model input. Received: {path} "
+            f"({first_line(e)})"
         ) from None
     except OSError as e:
         raise CliError(f"{option}: cannot read {path}: {first_line(e)}") from None
-    if isinstance(array, np.lib.npyio.NpzFile):
-        array.close()
-        raise CliError(
-            f"{option}: expected a .npy file with one array. Received an .npz "
-            f"archive: {path} (save with np.save('data.npy', x))"
-        )
+    if arrays is None:
+        return _samples(loaded, option, path)
+    if not arrays:
+        raise CliError(f"{option}: expected at least one array. Received: the "
+                       f".npz archive {path} is empty")
+    checked = {key: _samples(a, option, f"{path}[{key!r}]") for key, a in arrays.items()}
+    positional = [f"arr_{i}" for i in range(len(checked))]
+    if sorted(checked) == sorted(positional):
+        return [checked[key] for key in positional]  # np.savez(f, xa, xb)
+    return checked
+
+
+def _samples(array: Any, option: str, where: str) -> Any:
+    import numpy as np
+
     if not np.issubdtype(array.dtype, np.number) or array.ndim < 1:
         raise CliError(
             f"{option}: expected a numeric array with a leading sample axis. "
-            f"Received: dtype={array.dtype}, shape={array.shape} from {path}"
+            f"Received: dtype={array.dtype}, shape={array.shape} from {where}"
         )
     if len(array) == 0:
-        raise CliError(f"{option}: expected at least one sample. Received: {path} "
+        raise CliError(f"{option}: expected at least one sample. Received: {where} "
                        "is empty")
     return array
 

@@ -21,8 +21,10 @@ examples:
   tfaccel inspect model_int8.tflite --json | python -m json.tool
 
 Shows the file and gzip sizes, operators by type and tensor dtype, the
-fraction of zero weights, and int8 coverage (share of compute ops that run
-in int8). The file is validated (tfaccel.export.validate_tflite) before the
+fraction of zero weights, int8 coverage (share of compute ops that run in
+int8) and, for an integer file, every float op between the input's QUANTIZE
+and the output's DEQUANTIZE with the Keras layer it came from: a float
+island, or an op TFLite has no int8 kernel for (JSON: "float_ops"). The file is validated (tfaccel.export.validate_tflite) before the
 interpreter reads it.
 
 """
@@ -31,7 +33,8 @@ interpreter reads it.
 def add_parser(sub: Any, formatter: type, wrap: Any, epilog: str) -> None:
     inspect = sub.add_parser(
         "inspect",
-        help="ops by type and dtype, size, gzip size, sparsity, int8 coverage",
+        help="ops by type and dtype, size, gzip size, sparsity, int8 coverage, "
+             "float ops by layer",
         description=wrap("Describe a .tflite file (tfaccel.export.inspect_tflite)."),
         epilog=EPILOG + epilog,
         formatter_class=formatter,

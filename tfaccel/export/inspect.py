@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import gzip
 import os
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
+from tfaccel.export.islands import float_ops
 from tfaccel.export.report import ExportReport
 from tfaccel.export.validate import InvalidTFLiteError, validate_tflite
 
@@ -94,8 +96,16 @@ def _infer_quantization(ops: dict, constant_dtypes: set[str]) -> str:
     return "mixed"
 
 
-def analyze(data: bytes, path: str | None = None) -> ExportReport:
-    """The structural report of TFLite flatbuffer `data` (see `inspect_tflite`)."""
+def analyze(
+    data: bytes,
+    path: str | None = None,
+    layer_names: Collection[str] | None = None,
+) -> ExportReport:
+    """The structural report of TFLite flatbuffer `data` (see `inspect_tflite`).
+
+    `layer_names` (the Keras model's, when known) attributes float ops to
+    layers exactly (see `tfaccel.export.islands.layer_of`).
+    """
     interpreter = _interpreter(data)
     ops_details = interpreter._get_ops_details()
     tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
@@ -127,6 +137,7 @@ def analyze(data: bytes, path: str | None = None) -> ExportReport:
     ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     weights: dict[int, str] = {}
     constant_dtypes: set[str] = set()
+    labels: list[str] = []
     for op in ops_details:
         name = op["op_name"]
         inputs = [int(i) for i in op["inputs"] if int(i) >= 0]
@@ -153,6 +164,7 @@ def analyze(data: bytes, path: str | None = None) -> ExportReport:
                 ):
                     label = f"{label}/{weight_dtype}"  # hybrid (dynamic range)
         ops[name][label] += 1
+        labels.append(label)
 
     tensor_sparsity: dict[str, float] = {}
     zeros = total = 0
@@ -173,6 +185,16 @@ def analyze(data: bytes, path: str | None = None) -> ExportReport:
     n_compute = sum(count for _, count in compute)
     int8 = sum(count for label, count in compute if label in _INTEGER_ACTIVATIONS)
     ops_plain = {op: dict(by_dtype) for op, by_dtype in ops.items()}
+    islands = float_ops(
+        ops_details,
+        labels,
+        dtype_of=lambda index: _dtype_name(tensor(index)["dtype"]),
+        name_of=lambda index: tensor(index)["name"],
+        is_constant=is_constant,
+        graph_inputs=graph_inputs,
+        graph_outputs={int(d["index"]) for d in interpreter.get_output_details()},
+        layer_names=layer_names,
+    )
     return ExportReport(
         path=path,
         quantization=_infer_quantization(ops_plain, constant_dtypes),
@@ -182,6 +204,7 @@ def analyze(data: bytes, path: str | None = None) -> ExportReport:
         tensor_sparsity=tensor_sparsity,
         ops=ops_plain,
         int8_coverage=(int8 / n_compute) if n_compute else None,
+        float_ops=islands,
         inputs=_io(interpreter.get_input_details()),
         outputs=_io(interpreter.get_output_details()),
     )
@@ -192,8 +215,11 @@ def inspect_tflite(path: str | os.PathLike | bytes) -> ExportReport:
 
     Counts ops by type and activation dtype, measures size and gzip size,
     the fraction of zero weights in the conv / fully-connected / depthwise /
-    embedding weight tensors, and int8 coverage (the fraction of compute ops
-    running on int8). The parity fields of the returned report stay `None`:
+    embedding weight tensors, int8 coverage (the fraction of compute ops
+    running on int8) and, for an integer file, `float_ops`: every op between
+    the input's QUANTIZE and the output's DEQUANTIZE that is not integer,
+    with the Keras layer its tensor names point to (see
+    `tfaccel.export.islands`). The parity fields of the returned report stay `None`:
     only `export_tflite` knows the Keras model to compare with.
 
     Example:

@@ -13,6 +13,10 @@ Registered steps (by `order`):
   are stripped.
 - 20 `"float32"` (here): a mixed-precision model exports from a float32 twin
   with the same weights.
+- 30 `"unroll_recurrent"` (`tfaccel/export/recurrent.py`): LSTM, GRU and
+  SimpleRNN loops (also inside `Bidirectional`) are unrolled over their
+  fixed number of timesteps, which TFLite's builtin ops (int8 included)
+  can run.
 
 Each feature package imports its step module, so the steps are registered
 whenever `tfaccel` is imported (importing `tfaccel.export` imports `tfaccel`

@@ -52,6 +52,15 @@ class ExportReport:
         conversion_seconds: time spent in the TFLite converter.
         notes: what export decided on the way (student exported, pruning
             wrappers stripped, verification skipped, ...).
+        float_ops: for a file with an integer body, every op between the
+            input's QUANTIZE and the output's DEQUANTIZE that is not integer,
+            in execution order: `{"op", "dtype", "layer", "tensor",
+            "int8_kernel"}`, where `layer` is the Keras layer it came from
+            (None if its tensor names do not say) and `int8_kernel` is False
+            for an op TFLite has no int8 kernel for
+            (`tfaccel.export.islands.NO_INT8_KERNEL`); the others are float
+            islands. `[]`: the whole body is integer. `None`: the file has
+            no integer body (float32, float16, dynamic range).
     """
 
     path: str | None
@@ -70,6 +79,20 @@ class ExportReport:
     num_samples: int = 0
     conversion_seconds: float | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    float_ops: list[dict[str, Any]] | None = None
+
+    @property
+    def float_islands(self) -> list[dict[str, Any]]:
+        """The `float_ops` TFLite could run in int8 (it has a kernel)."""
+        return [op for op in self.float_ops or [] if op["int8_kernel"]]
+
+    def float_op_groups(self) -> list[tuple[str, str, str | None, bool, int]]:
+        """`float_ops` grouped: `(op, dtype, layer, int8_kernel, count)`."""
+        counts: dict[tuple, int] = {}
+        for op in self.float_ops or []:
+            key = (op["op"], op["dtype"], op["layer"], op["int8_kernel"])
+            counts[key] = counts.get(key, 0) + 1
+        return [(*key, n) for key, n in counts.items()]
 
     @property
     def verified(self) -> bool:
@@ -100,6 +123,8 @@ class ExportReport:
             rows.append(("zero weights", f"{self.sparsity:.2%}"))
         if self.int8_coverage is not None:
             rows.append(("int8 coverage", f"{self.int8_coverage:.0%} of compute ops"))
+        if self.float_ops is not None:
+            rows.append(("float ops", self._float_summary()))
         for key, entries in (("inputs", self.inputs), ("outputs", self.outputs)):
             if entries:
                 rows.append((key, _tensors(entries)))
@@ -115,6 +140,24 @@ class ExportReport:
             rows.append(("conversion", f"{self.conversion_seconds:.2f} s"))
         return rows
 
+    def _float_summary(self) -> str:
+        if not self.float_ops:
+            return "none between QUANTIZE and DEQUANTIZE (integer body)"
+        islands = len(self.float_islands)
+        without = len(self.float_ops) - islands
+        return (
+            f"{len(self.float_ops)} in the integer body: {islands} float "
+            f"island op(s), {without} with no int8 TFLite kernel"
+        )
+
+    def _float_lines(self) -> list[str]:
+        return [
+            f"{op}[{dtype}] x{n} in layer {layer!r}: "
+            + ("float island (TFLite has an int8 kernel)" if kernel
+               else "no int8 TFLite kernel")
+            for op, dtype, layer, kernel, n in self.float_op_groups()
+        ]
+
     def _op_rows(self) -> list[tuple[str, str, int]]:
         return [
             (op, dtype, count)
@@ -128,13 +171,17 @@ class ExportReport:
         lines += [f"| {key} | {value} |" for key, value in self._summary_rows()]
         lines += ["", "| op | dtype | count |", "|---|---|---|"]
         lines += [f"| {op} | {dtype} | {n} |" for op, dtype, n in self._op_rows()]
+        if self.float_ops:
+            lines += ["", "Float ops in the integer body:", ""]
+            lines += [f"- {line}" for line in self._float_lines()]
         if self.notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
         """The one text rendering (used by `print(report)`, `tfaccel export`
-        and `tfaccel inspect`): summary, ops, zero weights per tensor, notes."""
+        and `tfaccel inspect`): summary, ops, zero weights per tensor, float
+        ops of the integer body by op and layer, notes."""
         rows = self._summary_rows()
         ops = ", ".join(f"{op}[{dtype}] x{n}" for op, dtype, n in self._op_rows())
         rows.append(("ops", ops))
@@ -148,6 +195,9 @@ class ExportReport:
                 f"    {name:<{name_width}}  {value:.2%}"
                 for name, value in self.tensor_sparsity.items()
             ]
+        if self.float_ops:
+            lines.append("  float ops in the integer body")
+            lines += [f"    {line}" for line in self._float_lines()]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 

@@ -230,7 +230,7 @@ def export_tflite(
             converter_options,
         )
         out.write(data)
-        report = analyze(data, path)
+        report = analyze(data, path, _layer_names(model))
         report.quantization = quantization or "float32"
         report.conversion_seconds = seconds
         report.notes = notes
@@ -238,6 +238,22 @@ def export_tflite(
             verify_file(out.tmp, model, samples, report, limits, path)
         out.commit()
     return report
+
+
+def _layer_names(model) -> set[str]:
+    """The names of the layers the graph calls (nested models walked into),
+    and of the layers wrappers among them hold."""
+    import keras
+
+    from tfaccel import graph
+
+    layers = [
+        node.operation
+        for _, node in graph.read(model).walk()
+        if node.is_layer and not node.is_model
+    ]
+    inner = [layer.layer for layer in layers if isinstance(layer, keras.layers.Wrapper)]
+    return {layer.name for layer in layers + inner}
 
 
 def _check_max_samples(max_samples: Any) -> int:

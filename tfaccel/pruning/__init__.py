@@ -15,7 +15,7 @@ from tfaccel.pruning.allocation import allocate
 from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
 from tfaccel.pruning.masks import nm_mask, unstructured_mask
-from tfaccel.pruning.prune import prune, sparsity, strip_pruning
+from tfaccel.pruning.prune import Sparsity, prune, sparsity, strip_pruning
 from tfaccel.pruning.registry import register_prunable
 from tfaccel.pruning.shrink import shrink, strip_channels
 from tfaccel.pruning.wrapper import PruneLowMagnitude
@@ -24,6 +24,7 @@ __all__ = [
     "PruneChannels",
     "PruneLowMagnitude",
     "PruningWrapper",
+    "Sparsity",
     "allocate",
     "channel_fractions",
     "nm_mask",

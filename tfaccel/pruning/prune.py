@@ -13,7 +13,12 @@ from tfaccel.graph import LayerSelector, Replacement, copy_layer
 from tfaccel.pruning.allocation import allocate, check_allocation
 from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
 from tfaccel.pruning.masks import parse_structure
-from tfaccel.pruning.registry import is_prunable, prunable_weights, weight_key
+from tfaccel.pruning.registry import (
+    is_prunable,
+    prunable_weights,
+    unregistered_weights,
+    weight_key,
+)
 from tfaccel.pruning.wrapper import PruneLowMagnitude, fits_pattern
 from tfaccel.schedules import (
     PruningSchedule,
@@ -22,7 +27,7 @@ from tfaccel.schedules import (
     default_schedule,
 )
 
-__all__ = ["prune", "strip_pruning", "sparsity"]
+__all__ = ["Sparsity", "prune", "strip_pruning", "sparsity"]
 
 def prune(
     model: keras.Model,
@@ -110,6 +115,7 @@ def prune(
         layer for layer in candidates if selected.empty or selected(layer)
     ]
     chosen = [layer for layer in matched if is_prunable(layer)]
+    _warn_no_rule(matched)
     if nm is not None:
         chosen = _fit_pattern(chosen, nm, structure, selected)
     schedules = _allocate(chosen, schedule, allocation)
@@ -136,7 +142,8 @@ def prune(
         raise ValueError(
             f"No prunable layer selected in model '{model.name}' (selected: "
             f"{[layer.name for layer in matched]}). Prunable layers are Dense, "
-            "Conv*, EinsumDense, Embedding, MultiHeadAttention, ... and layers "
+            "Conv*, EinsumDense, Embedding, MultiHeadAttention, LSTM, GRU, "
+            "SimpleRNN, Bidirectional, ... and layers "
             "registered with `register_prunable` or defining "
             "`get_prunable_weights()`."
         )
@@ -151,6 +158,24 @@ def _layers(source: graph.Graph) -> list:
             seen.add(id(node.operation))
             result.append(node.operation)
     return result
+
+
+def _warn_no_rule(layers: list) -> None:
+    """Warn about layers with kernels that no prunable-weights rule covers."""
+    lines = [
+        f"'{layer.name}' ({type(layer).__name__}: {', '.join(paths)})"
+        for layer in layers
+        if (paths := unregistered_weights(layer))
+    ]
+    if lines:
+        warnings.warn(
+            "Left dense, no pruning rule for these layers' kernels: "
+            f"{'; '.join(lines)}. Register one with "
+            "`tfaccel.pruning.register_prunable(cls, fn)` or give the layer a "
+            "`get_prunable_weights()` method.",
+            TfaccelWarning,
+            stacklevel=3,
+        )
 
 
 def _fit_pattern(layers: list, nm, structure: str, selected) -> list:
@@ -264,13 +289,32 @@ def _warn_unfinished(wrappers: list) -> None:
         )
 
 
-def sparsity(model: keras.Model) -> dict[str, float]:
+class Sparsity(dict):
+    """`sparsity`'s result: weight key -> fraction of zeros, plus `dense`.
+
+    A plain dict of `{"layer_name/weight_name": fraction}` with one more
+    attribute, `dense`: for a pruned model, each prunable weight left
+    outside the pruning wrappers, with why (an N:M pattern that cannot tile
+    its input channels, or a layer not selected). Empty for a model with no
+    pruning wrappers (nothing was asked of it).
+    """
+
+    dense: dict[str, str]
+
+    def __init__(self, values=(), dense=None):
+        super().__init__(values)
+        self.dense = dict(dense or {})
+
+
+def sparsity(model: keras.Model) -> Sparsity:
     """Fraction of exact zeros of every prunable weight, by weight key.
 
     Works on wrapped models (counts zeros of the weights the wrappers
     compute with, including the kernels of channel-pruned layers) and plain
     or stripped ones; keys (`"layer_name/weight_name"`) are the same for
-    both.
+    both. In a pruned model, the prunable weights that stayed dense (a layer
+    whose input channels `structure="2:4"` cannot tile, a layer not
+    selected) are listed with the reason in the result's `dense`.
 
     Example:
 
@@ -279,24 +323,46 @@ def sparsity(model: keras.Model) -> dict[str, float]:
     ...     keras.layers.Dense(2, name="logits")])
     >>> sparsity(model)
     {'hidden/kernel': 0.0, 'logits/kernel': 0.0}
+    >>> pruned = prune(model, structure="2:4", layers="hidden")
+    >>> sparsity(pruned).dense
+    {'logits/kernel': 'not pruned: not selected by `layers`'}
 
     Args:
         model: a Keras model (nested models are walked).
 
     Returns:
-        A dict mapping weight key to sparsity in [0, 1].
+        A `Sparsity`: a dict mapping weight key to sparsity in [0, 1], with
+        `dense` (weight key -> why it was left dense).
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
-    result = {}
-    for layer in _outside_wrappers(model):
+    result = Sparsity()
+    layers = list(_outside_wrappers(model))
+    structures = sorted(
+        {layer.structure for layer in layers if isinstance(layer, PruningWrapper)}
+    )
+    for layer in layers:
         if isinstance(layer, PruningWrapper):
             result.update(layer.sparsity())
         elif layer.built and is_prunable(layer):
-            for variable, _ in prunable_weights(layer):
+            for variable, axis in prunable_weights(layer):
                 value = variable.numpy()
-                result[weight_key(layer, variable)] = float(np.mean(value == 0))
+                key = weight_key(layer, variable)
+                result[key] = float(np.mean(value == 0))
+                if structures:
+                    result.dense[key] = _why_dense(variable, axis, structures)
     return result
+
+
+def _why_dense(variable, axis: int, structures: list[str]) -> str:
+    for structure in structures:
+        nm = parse_structure(structure) if structure != "channels" else None
+        if nm is not None and not fits_pattern(variable, axis, nm[1]):
+            return (
+                f"structure='{structure}' needs M={nm[1]} to divide its "
+                f"input channels (axis {axis} of shape {tuple(variable.shape)})"
+            )
+    return "not pruned: not selected by `layers`"
 
 
 def _outside_wrappers(model):

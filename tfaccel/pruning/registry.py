@@ -14,7 +14,13 @@ from collections.abc import Callable
 
 import keras
 
-__all__ = ["register_prunable", "prunable_weights", "is_prunable", "weight_key"]
+__all__ = [
+    "register_prunable",
+    "prunable_weights",
+    "is_prunable",
+    "unregistered_weights",
+    "weight_key",
+]
 
 PrunableFn = Callable[[keras.layers.Layer], list]
 
@@ -108,6 +114,29 @@ def _attention(layer):
     return result
 
 
+def _cell(cell):
+    # LSTMCell, GRUCell, SimpleRNNCell: (input, gates * units) and
+    # (units, gates * units); N:M groups run along the input axis of each.
+    return [(_var(cell, "kernel"), -2), (_var(cell, "recurrent_kernel"), -2)]
+
+
+def _inner(*names):
+    """The prunable weights of sub-layers: an RNN's cell, both directions."""
+
+    def fn(layer):
+        result = []
+        for name in names:
+            for inner in _as_list(getattr(layer, name, None)):
+                result += prunable_weights(inner)
+        return result
+
+    return fn
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 L = keras.layers
 for _cls in (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D):
     # Dense kernel (in, out): inputs on axis 0 == -2. Conv kernel
@@ -121,6 +150,14 @@ register_prunable(L.SeparableConv2D, _separable)
 register_prunable(L.EinsumDense, _einsum)
 register_prunable(L.Embedding, lambda layer: [(_var(layer, "_embeddings", "embeddings"), -1)])
 register_prunable(L.MultiHeadAttention, _attention)
+for _cls in (L.LSTMCell, L.GRUCell, L.SimpleRNNCell):
+    register_prunable(_cls, _cell)
+# LSTM, GRU, SimpleRNN and any `keras.layers.RNN` whose cell (or stacked
+# cells) are prunable; `Bidirectional` through both directions.
+register_prunable(L.RNN, _inner("cell"))
+register_prunable(L.StackedRNNCells, _inner("cells"))
+register_prunable(L.Bidirectional, _inner("forward_layer", "backward_layer"))
+register_prunable(L.TimeDistributed, _inner("layer"))
 del L, _cls
 
 
@@ -135,7 +172,10 @@ def weight_key(layer, variable) -> str:
     marker = f"/{layer.name}/"
     index = path.rfind(marker)
     if index < 0:
-        return f"{layer.name}/{variable.name}"
+        # Built outside its own name scope (a copied `Bidirectional` builds
+        # its directions as `forward_lstm/lstm_cell/kernel`): keep the path,
+        # or the two directions' kernels would share one key.
+        return f"{layer.name}/{variable.path}"
     return path[index + 1 :]
 
 
@@ -149,8 +189,51 @@ def _lookup(layer) -> PrunableFn | None:
 
 
 def is_prunable(layer) -> bool:
-    """Whether `layer` has a registered or declared set of prunable weights."""
-    return _lookup(layer) is not None
+    """Whether `layer` has a registered or declared set of prunable weights.
+
+    A container layer (an RNN, `Bidirectional`, `TimeDistributed`) is
+    prunable when what it holds is.
+    """
+    fn = _lookup(layer)
+    if fn is None:
+        return False
+    if any(fn is _REGISTRY.get(cls) for cls in _CONTAINERS):
+        return all(is_prunable(inner) for inner in _contained(layer))
+    return True
+
+
+def _contained(layer) -> list:
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    if isinstance(layer, keras.layers.StackedRNNCells):
+        return list(layer.cells)
+    if isinstance(layer, keras.layers.RNN):
+        return [layer.cell]
+    return [layer.layer]
+
+
+_CONTAINERS = (
+    keras.layers.RNN,
+    keras.layers.StackedRNNCells,
+    keras.layers.Bidirectional,
+    keras.layers.TimeDistributed,
+)
+
+
+def unregistered_weights(layer) -> list[str]:
+    """Paths of `layer`'s matrix-like trainable weights no rule covers.
+
+    A built layer with a trainable weight of rank 2 or more (a kernel) and
+    no prunable-weights rule would silently stay dense under `prune`; its
+    weights are listed here so that `prune` can say so.
+    """
+    if not layer.built or is_prunable(layer) or isinstance(layer, _NOT_KERNELS):
+        return []
+    return [v.path for v in layer.trainable_weights if len(v.shape) >= 2]
+
+
+# Layers whose matrix-shaped weights are not kernels (PReLU's slopes).
+_NOT_KERNELS = (keras.layers.PReLU,)
 
 
 def prunable_weights(layer) -> list[tuple[keras.Variable, int]]:

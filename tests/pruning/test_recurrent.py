@@ -1,0 +1,118 @@
+"""Pruning LSTM, GRU, SimpleRNN and Bidirectional kernels and recurrent kernels."""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.recurrent_models import (
+    bilstm_classifier,
+    digit_tokens,
+    text_classifier,
+    train,
+)
+from tfaccel._warnings import TfaccelWarning
+from tfaccel.pruning import prune, sparsity, strip_pruning
+from tfaccel.pruning.registry import prunable_weights
+from tfaccel.schedules import ConstantSparsity, PolynomialDecay
+
+L = keras.layers
+EVERY_STEP = ConstantSparsity(0.5, begin_step=1, frequency=1)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return digit_tokens()
+
+
+def test_lstm_text_classifier_prunes_trains_strips_and_round_trips(tokens, tmp_path):
+    keras.utils.set_random_seed(0)
+    pruned = prune(text_classifier(), PolynomialDecay(0.0, 0.6, 0, 40, frequency=5))
+    assert type(pruned.get_layer("lstm")).__name__ == "PruneLowMagnitude"
+    train(pruned, tokens, epochs=3)  # 66 steps, past end_step
+    view = sparsity(pruned)
+    for key in ("lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel"):
+        assert view[key] == pytest.approx(0.6, abs=0.01), key
+    assert view.dense == {}
+    x_test, y_test = tokens[2], tokens[3]
+    accuracy = float(np.mean(pruned.predict(x_test, verbose=0).argmax(-1) == y_test))
+    assert accuracy > 0.5  # real digits, 10 classes: chance is 0.1
+    plain = strip_pruning(pruned)
+    assert type(plain.get_layer("lstm")) is L.LSTM
+    np.testing.assert_allclose(
+        plain.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-5
+    )
+    assert sparsity(plain) == view
+    pruned.save(tmp_path / "pruned.keras")
+    loaded = keras.models.load_model(tmp_path / "pruned.keras")
+    assert sparsity(loaded) == view
+    np.testing.assert_allclose(
+        loaded.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "layer, keys",
+    [
+        (L.Bidirectional(L.LSTM(8), name="bilstm"),
+         ["bilstm/forward_lstm/lstm_cell/kernel",
+          "bilstm/forward_lstm/lstm_cell/recurrent_kernel",
+          "bilstm/backward_lstm/lstm_cell/kernel",
+          "bilstm/backward_lstm/lstm_cell/recurrent_kernel"]),
+        (L.GRU(8, name="gru"), ["gru/gru_cell/kernel", "gru/gru_cell/recurrent_kernel"]),
+        (L.SimpleRNN(8, name="rnn"),
+         ["rnn/simple_rnn_cell/kernel", "rnn/simple_rnn_cell/recurrent_kernel"]),
+        (L.RNN(L.StackedRNNCells([L.LSTMCell(8), L.GRUCell(8)]), name="stacked"),
+         None),
+    ],
+)
+def test_every_recurrent_kernel_is_pruned_never_the_bias(tokens, layer, keys):
+    model = text_classifier(layer)
+    pruned = prune(model, EVERY_STEP, structure="2:4")
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(tokens[0][:64], tokens[1][:64], batch_size=32, verbose=0, epochs=1)
+    wrapper = pruned.get_layer(layer.name)
+    pruned_vars = [v for v, _ in wrapper._pruned]
+    assert len(pruned_vars) == (4 if keys is None else len(keys))
+    assert all("kernel" in v.name and "bias" not in v.name for v in pruned_vars)
+    view = sparsity(pruned)
+    recurrent = {k: v for k, v in view.items() if k.startswith(layer.name + "/")}
+    if keys is not None:
+        assert sorted(recurrent) == sorted(keys)
+    assert len(recurrent) == len(pruned_vars)  # one key per weight
+    for _, value in wrapper.masked_weights():
+        groups = (value.reshape(-1, 4, value.shape[-1]) != 0).sum(1)
+        np.testing.assert_array_equal(groups, 2)  # 2 of every 4 inputs kept
+
+
+def test_a_layer_with_kernels_and_no_rule_warns_by_name():
+    inputs = keras.Input((8, 8, 1))
+    x = L.ConvLSTM1D(4, 3, name="conv_lstm")(inputs)
+    x = L.Flatten()(x)
+    model = keras.Model(inputs, L.Dense(10, name="logits")(x))
+    assert prunable_weights(model.get_layer("conv_lstm")) == []
+    with pytest.warns(TfaccelWarning, match=r"no pruning rule.*'conv_lstm' \(ConvLSTM1D: .*kernel"):
+        pruned = prune(model)
+    assert [type(layer).__name__ for layer in pruned.layers][1:2] == ["ConvLSTM1D"]
+
+
+def test_bilstm_pruned_model_exports(tokens, tmp_path):
+    from tfaccel.export import export_tflite
+
+    keras.utils.set_random_seed(0)
+    pruned = train(prune(bilstm_classifier(), EVERY_STEP), tokens, epochs=1)
+    report = export_tflite(pruned, tmp_path / "m.tflite", verification_data=tokens[2][:64],
+                           tolerance={"min_agreement": 0.99})
+    assert report.sparsity == pytest.approx(0.5, abs=0.05)
+
+
+def test_pruning_callback_prunes_recurrent_kernels_in_place(tokens):
+    from tfaccel.callbacks import Pruning
+
+    keras.utils.set_random_seed(0)
+    model = bilstm_classifier()
+    train(model, tokens, epochs=1, callbacks=[Pruning(EVERY_STEP)])
+    view = sparsity(model)
+    keys = [k for k in view if k.startswith("bilstm/")]
+    assert len(keys) == 4  # kernel and recurrent kernel, both directions
+    for key in keys:
+        assert view[key] == pytest.approx(0.5, abs=0.01), key
