@@ -106,3 +106,11 @@ def test_masks_compile_with_xla_for_any_sparsity():
         assert int(nm.numpy().sum()) == 64
     # One compiled program serves every sparsity value (no top_k with a variable k).
     assert both.experimental_get_tracing_count() == 1
+
+
+def test_python_float_sparsity_is_not_rounded_through_float32():
+    # 2.5/6 just below: float64 gives 2.4999... zeros; through float32 it was 2.5
+    # and rounded to 3 (hypothesis found one such case).
+    sparsity = float(np.nextafter(2.5 / 6, 0))
+    mask = unstructured_mask(np.ones(6, np.float32), sparsity).numpy()
+    assert int((mask == 0).sum()) == round(sparsity * 6) == 2

@@ -52,7 +52,11 @@ def unstructured_mask(weight, sparsity, keep=None) -> tf.Tensor:
         kept = tf.reshape(tf.cast(keep, tf.float32), [-1]) > 0
         scores = tf.where(kept, scores, -tf.ones_like(scores))
     k = tf.cast(
-        tf.round(tf.cast(sparsity, tf.float64) * tf.constant(size, tf.float64)),
+        tf.round(
+            # A Python float stays float64: through float32 it can cross a .5.
+            tf.cast(tf.convert_to_tensor(sparsity, dtype_hint=tf.float64), tf.float64)
+            * tf.constant(size, tf.float64)
+        ),
         tf.int32,
     )
     # Keep at least the largest weight: a tensor of zeros kills its layer
