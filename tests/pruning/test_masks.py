@@ -109,8 +109,8 @@ def test_masks_compile_with_xla_for_any_sparsity():
 
 
 def test_python_float_sparsity_is_not_rounded_through_float32():
-    # 2.5/6 just below: float64 gives 2.4999... zeros; through float32 it was 2.5
-    # and rounded to 3 (hypothesis found one such case).
-    sparsity = float(np.nextafter(2.5 / 6, 0))
-    mask = unstructured_mask(np.ones(6, np.float32), sparsity).numpy()
-    assert int((mask == 0).sum()) == round(sparsity * 6) == 2
+    # Just below 2.5/11: float64 gives 2.4999... zeros; through float32 it was
+    # 2.5000001 and rounded to 3 (hypothesis found such a case).
+    sparsity = float(np.nextafter(2.5 / 11, 0))
+    mask = unstructured_mask(np.ones(11, np.float32), sparsity).numpy()
+    assert int((mask == 0).sum()) == round(sparsity * 11) == 2
