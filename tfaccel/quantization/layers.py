@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 _FUSABLE = ("linear", "relu", "relu6")
-_WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise")
+_WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
@@ -136,6 +136,40 @@ class ActivationQuantizer(keras.layers.Layer):
         return config
 
 
+def batch_moments(y):
+    """Per-channel (last axis) mean and variance of `y`, across replicas.
+
+    The forward pass reads the moving statistics, so every replica must hold
+    the same ones: the batch moments are averaged across replicas (the
+    BatchNorm variables use Keras' default aggregation "none"), as a
+    synchronized BatchNorm does.
+    """
+    axes = list(range(len(y.shape) - 1))
+    mean = tf.reduce_mean(y, axis=axes)
+    mean_sq = tf.reduce_mean(tf.square(y), axis=axes)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        mean, mean_sq = context.all_reduce("mean", [mean, mean_sq])
+    return mean, tf.maximum(mean_sq - tf.square(mean), 0.0)
+
+
+def _keep_logits(probabilities, logits) -> None:
+    """Let Keras' cross-entropy losses read `logits` behind `probabilities`.
+
+    A float softmax/sigmoid output carries its logits (`_keras_logits`) and
+    Keras' cross-entropies use them. The int8 output (steps of 1/256)
+    rounds small probabilities to exactly 0: with 1000 classes every one of
+    them, so `categorical_crossentropy` divides 0 by 0 (NaN) and the sparse
+    one clips to a constant with no gradient. The loss reads the (int8)
+    logits instead, as for the float model; the output value stays the int8
+    op's.
+    """
+    try:
+        probabilities._keras_logits = logits
+    except AttributeError:  # an eager tensor of a C type
+        pass
+
+
 def _silu_name(name: str) -> str:
     return "silu" if name in ("swish", "silu") else name
 
@@ -163,6 +197,7 @@ class QuantizedActivation(keras.layers.Layer):
 
     def __init__(self, activation: str, ema_decay: float = 0.99, **kwargs: Any):
         super().__init__(**kwargs)
+        self.supports_masking = True  # elementwise (softmax consumes it)
         if not isinstance(activation, str):
             activation = keras.activations.serialize(keras.activations.get(activation))
         self.activation = _silu_name(activation)
@@ -183,13 +218,19 @@ class QuantizedActivation(keras.layers.Layer):
         if self.sigmoid_quantizer is not None:
             self.sigmoid_quantizer.build(input_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None and self.activation == "softmax":
+            # As `keras.layers.Softmax`: masked positions get probability ~0.
+            inputs = inputs + (1.0 - ops.cast(mask, inputs.dtype)) * -1e9
         if self.sigmoid_quantizer is not None:
             gate = self.sigmoid_quantizer(ops.sigmoid(inputs), training=training)
             y = inputs * gate
         else:
             y = self._fn(inputs)
-        return self.output_quantizer(y, training=training)
+        y = self.output_quantizer(y, training=training)
+        if self.activation in ("softmax", "sigmoid"):
+            _keep_logits(y, inputs)
+        return y
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -227,11 +268,13 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
     TensorShape([1, 3, 3, 4])
 
     Args:
-        layer: a `Conv1D`, `Conv2D`, `DepthwiseConv2D` or `Dense` layer without
-            its own activation (channels last).
+        layer: a `Conv1D`, `Conv2D`, `DepthwiseConv2D`, `Conv2DTranspose`
+            or `Dense` layer without its own activation (channels last).
         batch_norm: optional `BatchNormalization` (last axis) folded in.
         activation: `"linear"`, `"relu"` or `"relu6"`, fused as TFLite does.
-        weight_mode: `"per_channel"`, `"depthwise"` or `"per_tensor"`.
+        weight_mode: `"per_channel"`, `"depthwise"`, `"per_tensor"` or
+            `"transpose"` (Conv2DTranspose: BatchNorm folded per output
+            channel, int8 weights per tensor).
         preserve_sparsity: keep a fixed mask of the kernel's nonzeros so that
             pruned weights stay exactly zero.
         ema_decay: decay of the output range's moving average.
@@ -337,6 +380,8 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         if self.weight_mode == "depthwise":
             cin, mult = kernel.shape[-2], kernel.shape[-1]
             folded = kernel * ops.reshape(scale, (cin, mult))
+        elif self.weight_mode == "transpose":
+            folded = kernel * ops.reshape(scale, (-1, 1))
         else:
             folded = kernel * scale
         b = 0.0 if bias is None else bias
@@ -379,16 +424,7 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         # Statistics of the unfolded layer output `conv(x, w) + b`, recovered
         # from the folded output `conv(x, w * scale)`: divide by the scale.
         y0 = tf.stop_gradient(tf.cast(y, "float32") - folded_bias)
-        axes = list(range(len(y0.shape) - 1))
-        mean = tf.reduce_mean(y0, axis=axes)
-        mean_sq = tf.reduce_mean(tf.square(y0), axis=axes)
-        # The forward pass reads the moving statistics, so every replica must
-        # hold the same ones: average the batch moments across replicas (the
-        # BatchNorm variables use Keras' default aggregation "none").
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            mean, mean_sq = context.all_reduce("mean", [mean, mean_sq])
-        var = tf.maximum(mean_sq - tf.square(mean), 0.0)
+        mean, var = batch_moments(y0)
         safe = tf.stop_gradient(
             tf.where(tf.abs(scale) > 1e-12, scale, tf.ones_like(scale))
         )
