@@ -7,7 +7,8 @@ constant. Each of the two ops needs an int8 output scale and each constant
 an int8 scale, or the converter leaves them float. `QuantizeAffineWrapper`
 computes the layer's inference form `x * scale + offset` with both
 constants fake-quantized per tensor (the scheme of the int8 MUL/ADD
-operands) and an `ActivationQuantizer` after each op.
+operands) and an `ActivationQuantizer` after each op; a ReLU/ReLU6 after it
+is fused, as the converter fuses it into the ADD.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel._substitute import full_precision
-from tfaccel.quantization.layers import ActivationQuantizer, batch_moments
+from tfaccel.quantization.layers import _FUSABLE, ActivationQuantizer, batch_moments
 from tfaccel.quantization.quantizers import fake_quant_activation
 
 __all__ = ["QuantizeAffineWrapper", "affine_parts"]
@@ -109,11 +110,23 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
     Args:
         layer: a `BatchNormalization` (last axis), `Normalization` or
             `Rescaling` layer.
+        activation: `"linear"`, `"relu"` or `"relu6"`, fused as TFLite does.
         ema_decay: decay of the output ranges' moving averages.
     """
 
-    def __init__(self, layer: keras.layers.Layer, ema_decay: float = 0.99, **kwargs: Any):
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        activation: str = "linear",
+        ema_decay: float = 0.99,
+        **kwargs: Any,
+    ):
         super().__init__(layer, **kwargs)
+        if activation not in _FUSABLE:
+            raise ValueError(
+                f"`activation` must be one of {_FUSABLE}. Received: activation={activation!r}"
+            )
+        self.activation = activation
         if not isinstance(layer, tuple(_PARTS)):
             affine_parts(layer)  # raises, naming the layers it takes
         self.supports_masking = True
@@ -151,10 +164,14 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
             scale = _fake_quant_constant(scale)
             offset = _fake_quant_constant(offset) if self.has_offset else None
         y = inputs * ops.cast(scale, inputs.dtype)
-        if offset is None:
-            return self.output_quantizer(y, training=training)
-        y = self.multiply_quantizer(y, training=training)
-        y = y + ops.cast(offset, y.dtype)
+        if offset is not None:
+            y = self.multiply_quantizer(y, training=training)
+            y = y + ops.cast(offset, y.dtype)
+        # TFLite fuses a ReLU/ReLU6 after MUL/ADD into it: one rounding.
+        if self.activation == "relu":
+            y = ops.relu(y)
+        elif self.activation == "relu6":
+            y = ops.relu6(y)
         return self.output_quantizer(y, training=training)
 
     def _update_moving_statistics(self, inputs):
@@ -169,5 +186,5 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config["ema_decay"] = self.ema_decay
+        config.update({"activation": self.activation, "ema_decay": self.ema_decay})
         return config

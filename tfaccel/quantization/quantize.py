@@ -77,8 +77,8 @@ class _Planner:
                 self.errors.append(f"{what} {op.name!r} of class {type(op).__name__}")
                 continue
             self.kinds[id(op)] = kind
-            if kind in _KERNEL_KINDS:
-                self._plan_fusion(node, source)
+            if kind in _KERNEL_KINDS or kind == "affine":
+                self._plan_fusion(node, source, absorbs_bn=kind != "affine")
 
     def _follower(self, node, source):
         user = source.only_consumer(node)
@@ -86,15 +86,17 @@ class _Planner:
             return None
         return user
 
-    def _plan_fusion(self, node, source) -> None:
+    def _plan_fusion(self, node, source, absorbs_bn: bool = True) -> None:
         layer = node.operation
         bn = act = act_layer = None
-        own = _activation_name(getattr(layer, "activation", None) or "linear")
+        own = getattr(layer, "activation", None)
+        own = "linear" if own is None else _activation_name(own)
         tail = node
         if own == "linear":
             user = self._follower(node, source)
             if (
-                user is not None
+                absorbs_bn
+                and user is not None
                 and isinstance(user.operation, keras.layers.BatchNormalization)
                 and quantize_kind(user.operation) == "affine"
                 and not getattr(user.operation, "renorm", False)
@@ -142,7 +144,10 @@ class _Rewrite:
         if kind == "affine":
             new = copy_layer(op)
             wrapper = QuantizeAffineWrapper(
-                new, ema_decay=self.ema_decay, name=f"quant_{op.name}"
+                new,
+                activation=self.planner.followers[id(op)][1],
+                ema_decay=self.ema_decay,
+                name=f"quant_{op.name}",
             )
             return Replacement(wrapper, weights=[(op, new)])
         if kind not in ("output", "skip_to_int8", "activation"):
