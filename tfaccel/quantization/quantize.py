@@ -226,10 +226,18 @@ def quantize(
     The copy computes what the int8 TFLite model computes: Conv/Depthwise/
     Dense layers with their BatchNormalization folded in and ReLU/ReLU6
     fused become `QuantizeWrapper`s (int8 weights per channel for
-    convolutions, per tensor for Dense), the model inputs and every op with
-    its own int8 output scale (layers and operators such as `x + y` or
-    `x * 0.5` between layers) get an `ActivationQuantizer`, and activations
-    TFLite runs as separate ops become `QuantizedActivation`s. Train it with
+    convolutions, grouped ones included, per tensor for Dense and
+    Conv2DTranspose); a SeparableConv2D becomes a depthwise and a pointwise
+    wrapper and a Conv1D the Conv2D the converter makes of it (see
+    `tfaccel.quantization.lowering`); a BatchNormalization no kernel absorbs,
+    a Normalization and a Rescaling become an int8 MUL and ADD
+    (`QuantizeAffineWrapper`); the model inputs and every op with its own
+    int8 output scale (layers and operators such as `x + y` or `x * 0.5`
+    between layers) get an `ActivationQuantizer`; average pooling keeps its
+    input's scale, as TFLite's int8 AVERAGE_POOL_2D requires; activations
+    TFLite runs as separate ops become `QuantizedActivation`s (a softmax or
+    sigmoid output keeps its logits for Keras' cross-entropy losses, so a
+    1000-class head trains although int8 rounds most probabilities to 0). Train it with
     `fit` as usual, then convert it with `Optimize.DEFAULT`: the converter
     makes int8 kernels from the fake-quant ops, no representative data set
     needed. Pruned models are stripped first, and weights that are zero stay
