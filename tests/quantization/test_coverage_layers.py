@@ -8,6 +8,7 @@ model) and checks the int8 ops and that the file agrees with the Keras model.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.quantization import tflite_utils as tfl
 from tfaccel.quantization import quantize
@@ -329,3 +330,23 @@ def test_rescaling_and_normalization_are_int8(digits, tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(pixels[:32], verbose=0),
                                   qat.predict(pixels[:32], verbose=0))
+
+
+@pytest.mark.slow
+def test_mobilenet_default_1000_class_head_has_finite_loss_and_gradients(digits):
+    """The reported case: keras.applications' own softmax head, 1000 classes."""
+    model = keras.applications.MobileNet(
+        weights=None, input_shape=(32, 32, 3), alpha=0.25
+    )
+    x = _images(digits, n=16, channels=3, size=32) * 255.0
+    qat = quantize(model, calibration_data=x)
+    labels = keras.utils.to_categorical(digits[1][:16], 1000)
+    with tf.GradientTape() as tape:
+        probabilities = qat(x, training=True)
+        loss = keras.ops.mean(
+            keras.losses.categorical_crossentropy(labels, probabilities)
+        )
+    grads = tape.gradient(loss, qat.trainable_weights)
+    assert np.isfinite(float(loss))
+    assert all(np.all(np.isfinite(g)) for g in grads if g is not None)
+    assert any(np.any(g != 0) for g in grads if g is not None)
