@@ -219,7 +219,8 @@ def test_grouped_conv2d_is_an_int8_conv_2d(digits):
         L.GlobalAveragePooling2D(),
         L.Dense(10),
     )
-    qat = quantize(model, calibration_data=digits[0][:256])
+    # Trained: an untrained head has near-ties that a rounding step flips.
+    qat = quantize(_trained_float(model, digits), calibration_data=digits[0][:256])
     it = _int8_parity(qat, digits[0][:128])
     grouped = _kernel_weights(it, "CONV_2D")[1]
     assert tuple(grouped["shape"]) == (8, 3, 3, 2)  # out, kh, kw, in / groups

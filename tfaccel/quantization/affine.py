@@ -21,7 +21,12 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel._substitute import full_precision
-from tfaccel.quantization.layers import _FUSABLE, ActivationQuantizer, batch_moments
+from tfaccel.quantization.layers import (
+    _FUSABLE,
+    ActivationQuantizer,
+    batch_moments,
+    update_moving_statistics,
+)
 from tfaccel.quantization.quantizers import fake_quant_activation
 
 __all__ = ["QuantizeAffineWrapper", "affine_parts"]
@@ -175,11 +180,8 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
         return self.output_quantizer(y, training=training)
 
     def _update_moving_statistics(self, inputs):
-        bn = self.layer
         mean, var = batch_moments(tf.stop_gradient(tf.cast(inputs, "float32")))
-        m = bn.momentum
-        bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
-        bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+        update_moving_statistics(self.layer, mean, var)
 
     def compute_output_shape(self, input_shape):
         return input_shape

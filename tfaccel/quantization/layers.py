@@ -55,6 +55,13 @@ def batch_moments(y):
     return mean, tf.maximum(mean_sq - tf.square(mean), 0.0)
 
 
+def update_moving_statistics(bn, mean, var) -> None:
+    """One moving-average step of `bn`'s statistics toward `mean`, `var`."""
+    m = bn.momentum
+    bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
+    bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+
+
 
 @keras.saving.register_keras_serializable(package="tfaccel")
 class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
@@ -246,9 +253,7 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         b = 0.0 if self.layer.bias is None else tf.stop_gradient(self.layer.bias)
         mean = mean / safe + b
         var = var / tf.square(safe)
-        m = bn.momentum
-        bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
-        bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+        update_moving_statistics(bn, mean, var)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
