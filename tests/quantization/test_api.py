@@ -272,6 +272,7 @@ def test_public_api():
 
     assert set(q.__all__) == {
         "ActivationQuantizer",
+        "QuantizeAffineWrapper",
         "QuantizeWrapper",
         "QuantizedActivation",
         "calibrate",

@@ -7,6 +7,7 @@ weights, per-tensor Dense weights, asymmetric int8 activations); train it with
 end without a representative data set.
 """
 
+from tfaccel.quantization.affine import QuantizeAffineWrapper
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -18,6 +19,7 @@ from tfaccel.quantization.registry import quantize_kind, register_quantizable
 
 __all__ = [
     "ActivationQuantizer",
+    "QuantizeAffineWrapper",
     "QuantizeWrapper",
     "QuantizedActivation",
     "calibrate",

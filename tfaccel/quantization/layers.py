@@ -1,9 +1,10 @@
 """Quantization-aware layers: what the int8 TFLite model computes, in float.
 
 `QuantizeWrapper` models one fused TFLite kernel (Conv/Depthwise/Dense with
-its BatchNormalization folded in and a ReLU/ReLU6 fused), `ActivationQuantizer`
-one int8 tensor with its own scale, `QuantizedActivation` an activation that
-TFLite runs as a separate int8 op (sigmoid, softmax, swish, ...).
+its BatchNormalization folded in and a ReLU/ReLU6 fused). `ActivationQuantizer`
+(one int8 tensor with its own scale) and `QuantizedActivation` (an
+activation that TFLite runs as a separate int8 op) live in
+`tfaccel.quantization.activations` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel._substitute import full_precision, substitute
+from tfaccel.quantization.activations import (
+    ActivationQuantizer,
+    QuantizedActivation,
+)
 from tfaccel.quantization.clusters import (
     MAX_CLUSTERS,
     ClusterPreserving,
     kernel_clusters,
-)
-from tfaccel.quantization.quantizers import (
-    fake_quant_activation,
-    fixed_activation_range,
 )
 
 __all__ = [
@@ -34,170 +35,32 @@ __all__ = [
 ]
 
 _FUSABLE = ("linear", "relu", "relu6")
-_WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise")
+_WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
 
 
-@keras.saving.register_keras_serializable(package="tfaccel")
-class ActivationQuantizer(keras.layers.Layer):
-    """Fake-quantize a tensor to asymmetric int8 with a learned range.
+def batch_moments(y):
+    """Per-channel (last axis) mean and variance of `y`, across replicas.
 
-    The range is an exponential moving average of the batch min/max during
-    training, a running min/max during calibration, and fixed at inference.
-    A range of exactly `[0, 0]` means "not yet seen data": the first training
-    batch sets it directly. The range variables use `aggregation="mean"` so
-    replicas stay identical under `tf.distribute` and `.keras` files and
-    `BackupAndRestore` keep them.
-
-    Example:
-
-    >>> import numpy as np
-    >>> q = ActivationQuantizer()
-    >>> y = q(np.linspace(-1.0, 3.0, 8).reshape(1, 8), training=True)
-    >>> [round(float(v), 3) for v in (q.range_min, q.range_max)]
-    [-1.0, 3.0]
-
-    Args:
-        ema_decay: decay of the moving average of the batch ranges.
-        fixed_range: `(min, max)` for ops whose int8 output range TFLite fixes
-            (sigmoid, softmax, tanh); no variables are created then.
+    The forward pass reads the moving statistics, so every replica must hold
+    the same ones: the batch moments are averaged across replicas (the
+    BatchNorm variables use Keras' default aggregation "none"), as a
+    synchronized BatchNorm does.
     """
-
-    def __init__(
-        self,
-        ema_decay: float = 0.99,
-        fixed_range: tuple[float, float] | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        if not 0.0 <= float(ema_decay) < 1.0:
-            raise ValueError(
-                f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}"
-            )
-        self.ema_decay = float(ema_decay)
-        self.fixed_range = (
-            None if fixed_range is None else tuple(map(float, fixed_range))
-        )
-        # Set by `calibrate`; a Python flag read when the call is traced.
-        self.calibrating = False
-
-    def build(self, input_shape):
-        if self.fixed_range is None:
-            # Created in this order (min, then max): checkpoints depend on it.
-            self.range_min = self._range_variable("range_min")
-            self.range_max = self._range_variable("range_max")
-
-    def _range_variable(self, name: str):
-        return self.add_weight(
-            name=name,
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            aggregation="mean",
-            # Ranges stay float32 under mixed precision: FakeQuant ops take
-            # float32 only.
-            dtype="float32",
-            autocast=False,
-        )
-
-    def call(self, inputs, training=None):
-        x = tf.cast(inputs, "float32")
-        if self.fixed_range is not None:
-            return tf.cast(fake_quant_activation(x, *self.fixed_range), inputs.dtype)
-        old_min = tf.convert_to_tensor(self.range_min)
-        old_max = tf.convert_to_tensor(self.range_max)
-        if training or self.calibrating:
-            batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
-            batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
-            seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
-            if training:
-                d = self.ema_decay
-                new_min = d * old_min + (1.0 - d) * batch_min
-                new_max = d * old_max + (1.0 - d) * batch_max
-            else:
-                new_min = tf.minimum(old_min, batch_min)
-                new_max = tf.maximum(old_max, batch_max)
-            new_min = tf.where(seen, new_min, batch_min)
-            new_max = tf.where(seen, new_max, batch_max)
-            # Unconditional assigns: a tf.cond around assigns of a "mean"
-            # variable fails under two replicas (see STACK.md).
-            self.range_min.assign(new_min)
-            self.range_max.assign(new_max)
-            low, high = new_min, new_max
-        else:
-            low, high = old_min, old_max
-        return tf.cast(fake_quant_activation(x, low, high), inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"ema_decay": self.ema_decay, "fixed_range": self.fixed_range})
-        return config
+    axes = list(range(len(y.shape) - 1))
+    mean = tf.reduce_mean(y, axis=axes)
+    mean_sq = tf.reduce_mean(tf.square(y), axis=axes)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        mean, mean_sq = context.all_reduce("mean", [mean, mean_sq])
+    return mean, tf.maximum(mean_sq - tf.square(mean), 0.0)
 
 
-def _silu_name(name: str) -> str:
-    return "silu" if name in ("swish", "silu") else name
+def update_moving_statistics(bn, mean, var) -> None:
+    """One moving-average step of `bn`'s statistics toward `mean`, `var`."""
+    m = bn.momentum
+    bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
+    bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
 
-
-@keras.saving.register_keras_serializable(package="tfaccel")
-class QuantizedActivation(keras.layers.Layer):
-    """An activation run as its own int8 TFLite op, with its output quantized.
-
-    Sigmoid, softmax and tanh get the fixed output range TFLite's int8
-    kernels require; swish is computed as `x * sigmoid(x)` with the sigmoid
-    quantized too (TFLite runs LOGISTIC then MUL); other activations get a
-    learned range.
-
-    Example:
-
-    >>> import numpy as np
-    >>> layer = QuantizedActivation("sigmoid")
-    >>> float(layer(np.array([[0.0]]))[0, 0])
-    0.5
-
-    Args:
-        activation: the activation's name (`keras.activations.get` name).
-        ema_decay: decay of the moving average of learned ranges.
-    """
-
-    def __init__(self, activation: str, ema_decay: float = 0.99, **kwargs: Any):
-        super().__init__(**kwargs)
-        if not isinstance(activation, str):
-            activation = keras.activations.serialize(keras.activations.get(activation))
-        self.activation = _silu_name(activation)
-        self.ema_decay = float(ema_decay)
-        self._fn = keras.activations.get(self.activation)
-        fixed = fixed_activation_range(self.activation)
-        self.output_quantizer = ActivationQuantizer(
-            ema_decay=ema_decay, fixed_range=fixed, name="output_quantizer"
-        )
-        self.sigmoid_quantizer = None
-        if self.activation == "silu":
-            self.sigmoid_quantizer = ActivationQuantizer(
-                fixed_range=fixed_activation_range("sigmoid"), name="sigmoid_quantizer"
-            )
-
-    def build(self, input_shape):
-        self.output_quantizer.build(input_shape)
-        if self.sigmoid_quantizer is not None:
-            self.sigmoid_quantizer.build(input_shape)
-
-    def call(self, inputs, training=None):
-        if self.sigmoid_quantizer is not None:
-            gate = self.sigmoid_quantizer(ops.sigmoid(inputs), training=training)
-            y = inputs * gate
-        else:
-            y = self._fn(inputs)
-        return self.output_quantizer(y, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"activation": self.activation, "ema_decay": self.ema_decay})
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
@@ -227,11 +90,13 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
     TensorShape([1, 3, 3, 4])
 
     Args:
-        layer: a `Conv1D`, `Conv2D`, `DepthwiseConv2D` or `Dense` layer without
-            its own activation (channels last).
+        layer: a `Conv1D`, `Conv2D`, `DepthwiseConv2D`, `Conv2DTranspose`
+            or `Dense` layer without its own activation (channels last).
         batch_norm: optional `BatchNormalization` (last axis) folded in.
         activation: `"linear"`, `"relu"` or `"relu6"`, fused as TFLite does.
-        weight_mode: `"per_channel"`, `"depthwise"` or `"per_tensor"`.
+        weight_mode: `"per_channel"`, `"depthwise"`, `"per_tensor"` or
+            `"transpose"` (Conv2DTranspose: BatchNorm folded per output
+            channel, int8 weights per tensor).
         preserve_sparsity: keep a fixed mask of the kernel's nonzeros so that
             pruned weights stay exactly zero.
         ema_decay: decay of the output range's moving average.
@@ -337,6 +202,8 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         if self.weight_mode == "depthwise":
             cin, mult = kernel.shape[-2], kernel.shape[-1]
             folded = kernel * ops.reshape(scale, (cin, mult))
+        elif self.weight_mode == "transpose":
+            folded = kernel * ops.reshape(scale, (-1, 1))
         else:
             folded = kernel * scale
         b = 0.0 if bias is None else bias
@@ -379,25 +246,14 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         # Statistics of the unfolded layer output `conv(x, w) + b`, recovered
         # from the folded output `conv(x, w * scale)`: divide by the scale.
         y0 = tf.stop_gradient(tf.cast(y, "float32") - folded_bias)
-        axes = list(range(len(y0.shape) - 1))
-        mean = tf.reduce_mean(y0, axis=axes)
-        mean_sq = tf.reduce_mean(tf.square(y0), axis=axes)
-        # The forward pass reads the moving statistics, so every replica must
-        # hold the same ones: average the batch moments across replicas (the
-        # BatchNorm variables use Keras' default aggregation "none").
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            mean, mean_sq = context.all_reduce("mean", [mean, mean_sq])
-        var = tf.maximum(mean_sq - tf.square(mean), 0.0)
+        mean, var = batch_moments(y0)
         safe = tf.stop_gradient(
             tf.where(tf.abs(scale) > 1e-12, scale, tf.ones_like(scale))
         )
         b = 0.0 if self.layer.bias is None else tf.stop_gradient(self.layer.bias)
         mean = mean / safe + b
         var = var / tf.square(safe)
-        m = bn.momentum
-        bn.moving_mean.assign(m * bn.moving_mean + (1.0 - m) * mean)
-        bn.moving_variance.assign(m * bn.moving_variance + (1.0 - m) * var)
+        update_moving_statistics(bn, mean, var)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -9,6 +9,7 @@ import numpy as np
 
 from tfaccel import graph
 from tfaccel.graph import IDENTITY, OUTPUT, LayerSelector, Replacement, copy_layer
+from tfaccel.quantization.affine import QuantizeAffineWrapper
 from tfaccel.quantization.calibration import _check_batch_size, calibrate
 from tfaccel.quantization.clusters import kernel_clusters
 from tfaccel.quantization.layers import (
@@ -16,6 +17,7 @@ from tfaccel.quantization.layers import (
     QuantizedActivation,
     QuantizeWrapper,
 )
+from tfaccel.quantization.lowering import LOWERINGS
 from tfaccel.quantization.registry import (
     _activation_name,
     fusable_activation,
@@ -24,8 +26,13 @@ from tfaccel.quantization.registry import (
 
 __all__ = ["calibrate", "is_quantized", "quantize"]
 
-_KERNEL_KINDS = ("per_channel", "depthwise", "per_tensor")
-_QAT_LAYERS = (ActivationQuantizer, QuantizeWrapper, QuantizedActivation)
+_KERNEL_KINDS = ("per_channel", "depthwise", "per_tensor", "transpose", *LOWERINGS)
+_QAT_LAYERS = (
+    ActivationQuantizer,
+    QuantizeAffineWrapper,
+    QuantizeWrapper,
+    QuantizedActivation,
+)
 
 
 def _strip_pruning(model):
@@ -70,8 +77,8 @@ class _Planner:
                 self.errors.append(f"{what} {op.name!r} of class {type(op).__name__}")
                 continue
             self.kinds[id(op)] = kind
-            if kind in _KERNEL_KINDS:
-                self._plan_fusion(node, source)
+            if kind in _KERNEL_KINDS or kind == "affine":
+                self._plan_fusion(node, source, absorbs_bn=kind != "affine")
 
     def _follower(self, node, source):
         user = source.only_consumer(node)
@@ -79,17 +86,19 @@ class _Planner:
             return None
         return user
 
-    def _plan_fusion(self, node, source) -> None:
+    def _plan_fusion(self, node, source, absorbs_bn: bool = True) -> None:
         layer = node.operation
         bn = act = act_layer = None
-        own = _activation_name(getattr(layer, "activation", None) or "linear")
+        own = getattr(layer, "activation", None)
+        own = "linear" if own is None else _activation_name(own)
         tail = node
         if own == "linear":
             user = self._follower(node, source)
             if (
-                user is not None
+                absorbs_bn
+                and user is not None
                 and isinstance(user.operation, keras.layers.BatchNormalization)
-                and quantize_kind(user.operation) == "output"
+                and quantize_kind(user.operation) == "affine"
                 and not getattr(user.operation, "renorm", False)
             ):
                 bn, tail = user.operation, user
@@ -111,7 +120,7 @@ class _Rewrite:
     def __init__(self, planner: _Planner, ema_decay: float):
         self.planner = planner
         self.ema_decay = ema_decay
-        self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, original)
+        self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, kernel)
 
     def quantizer(self, name: str) -> ActivationQuantizer:
         return ActivationQuantizer(ema_decay=self.ema_decay, name=f"{name}_quant")
@@ -132,6 +141,15 @@ class _Rewrite:
                 else _activation_name(op.activation)
             )
             return QuantizedActivation(name, ema_decay=self.ema_decay, name=f"quant_{op.name}")
+        if kind == "affine":
+            new = copy_layer(op)
+            wrapper = QuantizeAffineWrapper(
+                new,
+                activation=self.planner.followers[id(op)][1],
+                ema_decay=self.ema_decay,
+                name=f"quant_{op.name}",
+            )
+            return Replacement(wrapper, weights=[(op, new)])
         if kind not in ("output", "skip_to_int8", "activation"):
             return None  # a copy (passthrough, skipped, nested model)
         if node.is_model:
@@ -145,32 +163,49 @@ class _Rewrite:
 
     def kernel(self, layer, kind) -> Replacement:
         bn, act, own = self.planner.followers[id(layer)]
-        config = layer.get_config()
-        config["activation"] = "linear"
-        inner = layer.__class__.from_config(config)
         norm = None if bn is None else copy_layer(bn)
-        kernel = np.asarray(layer.get_weights()[0])
-        # A clustered kernel keeps its clusters (CQAT), except under a
-        # per-tensor scheme with a folded BatchNorm (see QuantizeWrapper).
-        per_tensor_fold = kind == "per_tensor" and bn is not None
-        wrapper = QuantizeWrapper(
-            inner,
-            batch_norm=norm,
-            activation=act,
-            weight_mode=kind,
-            preserve_sparsity=bool(np.any(kernel == 0)),
-            ema_decay=self.ema_decay,
-            preserve_clusters=0 if per_tensor_fold else kernel_clusters(kernel),
-            name=f"quant_{layer.name}",
-        )
-        self.wrappers.append((wrapper, layer))
-        after = []
+        pairs = [] if bn is None else [(bn, norm)]
+        if kind in LOWERINGS:
+            lowered = LOWERINGS[kind](layer)
+            stages = lowered.kernels
+            # Built with their share of the weights; the kernel to keep sparse
+            # or clustered is each one's own.
+            kernels = [np.asarray(inner.get_weights()[0]) for inner, _ in stages]
+        else:
+            config = layer.get_config()
+            config["activation"] = "linear"
+            inner = layer.__class__.from_config(config)
+            lowered = None
+            stages = [(inner, kind)]
+            kernels = [np.asarray(layer.get_weights()[0])]
+            pairs.insert(0, (layer, inner))
+        chain = [] if lowered is None else list(lowered.before)
+        for i, ((inner, mode), kernel) in enumerate(zip(stages, kernels)):
+            last = i == len(stages) - 1
+            # A clustered kernel keeps its clusters (CQAT), except under a
+            # per-tensor scheme with a folded BatchNorm (see QuantizeWrapper)
+            # and for a transposed kernel (output channels not last).
+            no_clusters = mode == "transpose" or (
+                last and mode == "per_tensor" and bn is not None
+            )
+            wrapper = QuantizeWrapper(
+                inner,
+                batch_norm=norm if last else None,
+                activation=act if last else "linear",
+                weight_mode=mode,
+                preserve_sparsity=bool(np.any(kernel == 0)),
+                ema_decay=self.ema_decay,
+                preserve_clusters=0 if no_clusters else kernel_clusters(kernel),
+                name=f"quant_{inner.name}",
+            )
+            self.wrappers.append((wrapper, kernel))
+            chain.append(wrapper)
+        chain += [] if lowered is None else lowered.after
         if own not in ("linear", "relu", "relu6"):
-            after.append(
+            chain.append(
                 QuantizedActivation(own, ema_decay=self.ema_decay, name=f"{wrapper.name}_act")
             )
-        pairs = [(layer, inner)] + ([] if bn is None else [(bn, norm)])
-        return Replacement(wrapper, after=after, weights=pairs)
+        return Replacement(chain[0], after=chain[1:], weights=pairs)
 
     def input_quantizer(self, tensor):
         if "float" not in str(tensor.dtype):
@@ -191,10 +226,18 @@ def quantize(
     The copy computes what the int8 TFLite model computes: Conv/Depthwise/
     Dense layers with their BatchNormalization folded in and ReLU/ReLU6
     fused become `QuantizeWrapper`s (int8 weights per channel for
-    convolutions, per tensor for Dense), the model inputs and every op with
-    its own int8 output scale (layers and operators such as `x + y` or
-    `x * 0.5` between layers) get an `ActivationQuantizer`, and activations
-    TFLite runs as separate ops become `QuantizedActivation`s. Train it with
+    convolutions, grouped ones included, per tensor for Dense and
+    Conv2DTranspose); a SeparableConv2D becomes a depthwise and a pointwise
+    wrapper and a Conv1D the Conv2D the converter makes of it (see
+    `tfaccel.quantization.lowering`); a BatchNormalization no kernel absorbs,
+    a Normalization and a Rescaling become an int8 MUL and ADD
+    (`QuantizeAffineWrapper`); the model inputs and every op with its own
+    int8 output scale (layers and operators such as `x + y` or `x * 0.5`
+    between layers) get an `ActivationQuantizer`; average pooling keeps its
+    input's scale, as TFLite's int8 AVERAGE_POOL_2D requires; activations
+    TFLite runs as separate ops become `QuantizedActivation`s (a softmax or
+    sigmoid output keeps its logits for Keras' cross-entropy losses, so a
+    1000-class head trains although int8 rounds most probabilities to 0). Train it with
     `fit` as usual, then convert it with `Optimize.DEFAULT`: the converter
     makes int8 kernels from the fake-quant ops, no representative data set
     needed. Pruned models are stripped first, and weights that are zero stay
@@ -270,9 +313,8 @@ def quantize(
         )
     rewrite = _Rewrite(planner, ema_decay)
     new_model = graph.rebuild(model, rewrite, input_layers=rewrite.input_quantizer)
-    for wrapper, original in rewrite.wrappers:
+    for wrapper, kernel in rewrite.wrappers:
         if wrapper.preserve_sparsity:
-            kernel = np.asarray(original.get_weights()[0])
             wrapper.mask.assign((kernel != 0).astype("float32"))
         if wrapper.preserve_clusters:
             wrapper.set_clusters()  # from the copied kernel

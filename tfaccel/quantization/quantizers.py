@@ -40,7 +40,9 @@ def fake_quant_weight(weight, mode: str):
         mode: `"per_tensor"` (Dense), `"per_channel"` (Conv1D/Conv2D, the
             last axis holds the output channels) or `"depthwise"`
             (DepthwiseConv2D kernel `(kh, kw, in, multiplier)`, whose output
-            channels are `in * multiplier`).
+            channels are `in * multiplier`) or `"transpose"`
+            (Conv2DTranspose kernel `(kh, kw, out, in)`: per tensor, see
+            below).
 
     Returns:
         A tensor of `weight`'s shape whose values lie on the int8 grid
@@ -68,8 +70,14 @@ def fake_quant_weight(weight, mode: str):
             flat, -bound, bound, num_bits=8, narrow_range=True
         )
         return tf.reshape(flat, shape)
+    if mode == "transpose":
+        # Per tensor: per-channel FakeQuant takes the last axis only, and the
+        # converter rejects a transpose around it ("'tfl.transpose' op has
+        # mismatched quantized axes"); TRANSPOSE_CONV takes per-tensor int8.
+        return fake_quant_weight(weight, "per_tensor")
     raise ValueError(
-        "`mode` must be one of 'per_tensor', 'per_channel', 'depthwise'. "
+        "`mode` must be one of 'per_tensor', 'per_channel', 'depthwise', "
+        "'transpose'. "
         f"Received: mode={mode!r}"
     )
 

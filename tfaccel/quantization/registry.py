@@ -2,15 +2,23 @@
 
 Each layer class maps to a rule, a callable `rule(layer) -> kind` or a kind:
 
-- `"per_channel"`, `"depthwise"`, `"per_tensor"`: the layer has a kernel and
-  becomes a `QuantizeWrapper` (BatchNorm and ReLU/ReLU6 after it are folded
-  in when the graph allows) with that weight scheme.
+- `"per_channel"`, `"depthwise"`, `"per_tensor"`, `"transpose"`: the layer
+  has a kernel and becomes a `QuantizeWrapper` (BatchNorm and ReLU/ReLU6
+  after it are folded in when the graph allows) with that weight scheme
+  (`"transpose"`: Conv2DTranspose, BatchNorm folded per output channel,
+  int8 weights per tensor).
+- `"separable"`, `"conv1d"`: a layer with a kernel that TFLite runs as other
+  kernels (DEPTHWISE_CONV_2D then CONV_2D; RESHAPE, CONV_2D, RESHAPE):
+  one `QuantizeWrapper` per int8 kernel (see `tfaccel.quantization.lowering`).
+- `"affine"`: a scale and shift (BatchNormalization that no kernel absorbs,
+  Normalization, Rescaling) that TFLite runs as int8 MUL and ADD; becomes a
+  `QuantizeAffineWrapper`.
 - `"output"`: the int8 op has its own output scale; an `ActivationQuantizer`
   follows the layer.
 - `"activation"`: an activation TFLite runs as its own op; replaced by a
   `QuantizedActivation`.
-- `"passthrough"`: the int8 op keeps its input's scale (reshapes, max
-  pooling, padding, dropout): nothing is added.
+- `"passthrough"`: the int8 op keeps its input's scale (reshapes, max and
+  average pooling, padding, dropout): nothing is added.
 - `None`: not supported (quantize raises an error naming the layer).
 
 Example:
@@ -32,6 +40,10 @@ KINDS = (
     "per_channel",
     "depthwise",
     "per_tensor",
+    "transpose",
+    "separable",
+    "conv1d",
+    "affine",
     "output",
     "activation",
     "passthrough",
@@ -115,10 +127,9 @@ def fusable_activation(layer: keras.layers.Layer) -> str | None:
 
 
 def _channels_last(kind):
+    # Grouped convolutions (`groups > 1`) are int8 CONV_2D ops too.
     def rule(layer):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
-            return None
-        if getattr(layer, "groups", 1) != 1:
             return None
         return kind
 
@@ -143,12 +154,14 @@ def _last_axis(layer) -> bool:
 
 
 def _batch_norm(layer):
-    return "output" if _last_axis(layer) else None
+    return "affine" if _last_axis(layer) else None
 
 
 L = keras.layers
-for _cls in (L.Conv1D, L.Conv2D):
-    register_quantizable(_cls, _channels_last("per_channel"))
+register_quantizable(L.Conv2D, _channels_last("per_channel"))
+register_quantizable(L.Conv1D, _channels_last("conv1d"))
+register_quantizable(L.SeparableConv2D, _channels_last("separable"))
+register_quantizable(L.Conv2DTranspose, _channels_last("transpose"))
 register_quantizable(L.DepthwiseConv2D, _channels_last("depthwise"))
 register_quantizable(L.Dense, "per_tensor")
 for _cls in (
@@ -159,18 +172,17 @@ for _cls in (
     L.Average,
     L.Maximum,
     L.Minimum,
-    L.AveragePooling1D,
-    L.AveragePooling2D,
     L.GlobalAveragePooling1D,
     L.GlobalAveragePooling2D,
-    L.Rescaling,
-    L.Normalization,
     L.LeakyReLU,
     L.ELU,
     L.PReLU,
 ):
     register_quantizable(_cls, "output")
 register_quantizable(L.BatchNormalization, _batch_norm)
+# A broadcast constant on any axis: one int8 MUL and ADD.
+for _cls in (L.Normalization, L.Rescaling):
+    register_quantizable(_cls, "affine")
 register_quantizable(L.UpSampling1D, "passthrough")
 register_quantizable(L.UpSampling2D, _upsampling)
 register_quantizable(L.Activation, "activation")
@@ -183,6 +195,9 @@ for _cls in (
     L.Permute,
     L.MaxPooling1D,
     L.MaxPooling2D,
+    # TFLite's int8 AVERAGE_POOL_2D requires its input's scale on its output.
+    L.AveragePooling1D,
+    L.AveragePooling2D,
     L.GlobalMaxPooling1D,
     L.GlobalMaxPooling2D,
     L.ZeroPadding1D,

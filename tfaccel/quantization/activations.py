@@ -1,0 +1,208 @@
+"""Quantizers of activations: one int8 tensor, one int8 activation op.
+
+`ActivationQuantizer` fake-quantizes one tensor with its own int8 scale
+(learned, or fixed where TFLite fixes it), `QuantizedActivation` an
+activation that TFLite runs as a separate int8 op (sigmoid, softmax, swish,
+...). Both are re-exported by `tfaccel.quantization.layers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfaccel.quantization.quantizers import (
+    fake_quant_activation,
+    fixed_activation_range,
+)
+
+__all__ = ["ActivationQuantizer", "QuantizedActivation"]
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantize a tensor to asymmetric int8 with a learned range.
+
+    The range is an exponential moving average of the batch min/max during
+    training, a running min/max during calibration, and fixed at inference.
+    A range of exactly `[0, 0]` means "not yet seen data": the first training
+    batch sets it directly. The range variables use `aggregation="mean"` so
+    replicas stay identical under `tf.distribute` and `.keras` files and
+    `BackupAndRestore` keep them.
+
+    Example:
+
+    >>> import numpy as np
+    >>> q = ActivationQuantizer()
+    >>> y = q(np.linspace(-1.0, 3.0, 8).reshape(1, 8), training=True)
+    >>> [round(float(v), 3) for v in (q.range_min, q.range_max)]
+    [-1.0, 3.0]
+
+    Args:
+        ema_decay: decay of the moving average of the batch ranges.
+        fixed_range: `(min, max)` for ops whose int8 output range TFLite fixes
+            (sigmoid, softmax, tanh); no variables are created then.
+    """
+
+    def __init__(
+        self,
+        ema_decay: float = 0.99,
+        fixed_range: tuple[float, float] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(
+                f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}"
+            )
+        self.ema_decay = float(ema_decay)
+        self.fixed_range = (
+            None if fixed_range is None else tuple(map(float, fixed_range))
+        )
+        # Set by `calibrate`; a Python flag read when the call is traced.
+        self.calibrating = False
+
+    def build(self, input_shape):
+        if self.fixed_range is None:
+            # Created in this order (min, then max): checkpoints depend on it.
+            self.range_min = self._range_variable("range_min")
+            self.range_max = self._range_variable("range_max")
+
+    def _range_variable(self, name: str):
+        return self.add_weight(
+            name=name,
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            aggregation="mean",
+            # Ranges stay float32 under mixed precision: FakeQuant ops take
+            # float32 only.
+            dtype="float32",
+            autocast=False,
+        )
+
+    def call(self, inputs, training=None):
+        x = tf.cast(inputs, "float32")
+        if self.fixed_range is not None:
+            return tf.cast(fake_quant_activation(x, *self.fixed_range), inputs.dtype)
+        old_min = tf.convert_to_tensor(self.range_min)
+        old_max = tf.convert_to_tensor(self.range_max)
+        if training or self.calibrating:
+            batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
+            batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
+            seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
+            if training:
+                d = self.ema_decay
+                new_min = d * old_min + (1.0 - d) * batch_min
+                new_max = d * old_max + (1.0 - d) * batch_max
+            else:
+                new_min = tf.minimum(old_min, batch_min)
+                new_max = tf.maximum(old_max, batch_max)
+            new_min = tf.where(seen, new_min, batch_min)
+            new_max = tf.where(seen, new_max, batch_max)
+            # Unconditional assigns: a tf.cond around assigns of a "mean"
+            # variable fails under two replicas (see STACK.md).
+            self.range_min.assign(new_min)
+            self.range_max.assign(new_max)
+            low, high = new_min, new_max
+        else:
+            low, high = old_min, old_max
+        return tf.cast(fake_quant_activation(x, low, high), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"ema_decay": self.ema_decay, "fixed_range": self.fixed_range})
+        return config
+
+
+def _keep_logits(probabilities, logits) -> None:
+    """Let Keras' cross-entropy losses read `logits` behind `probabilities`.
+
+    A float softmax/sigmoid output carries its logits (`_keras_logits`) and
+    Keras' cross-entropies use them. The int8 output (steps of 1/256)
+    rounds small probabilities to exactly 0: with 1000 classes every one of
+    them, so `categorical_crossentropy` divides 0 by 0 (NaN) and the sparse
+    one clips to a constant with no gradient. The loss reads the (int8)
+    logits instead, as for the float model; the output value stays the int8
+    op's.
+    """
+    try:
+        probabilities._keras_logits = logits
+    except AttributeError:  # an eager tensor of a C type
+        pass
+
+
+def _silu_name(name: str) -> str:
+    return "silu" if name in ("swish", "silu") else name
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class QuantizedActivation(keras.layers.Layer):
+    """An activation run as its own int8 TFLite op, with its output quantized.
+
+    Sigmoid, softmax and tanh get the fixed output range TFLite's int8
+    kernels require; swish is computed as `x * sigmoid(x)` with the sigmoid
+    quantized too (TFLite runs LOGISTIC then MUL); other activations get a
+    learned range.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = QuantizedActivation("sigmoid")
+    >>> float(layer(np.array([[0.0]]))[0, 0])
+    0.5
+
+    Args:
+        activation: the activation's name (`keras.activations.get` name).
+        ema_decay: decay of the moving average of learned ranges.
+    """
+
+    def __init__(self, activation: str, ema_decay: float = 0.99, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # elementwise (softmax consumes it)
+        if not isinstance(activation, str):
+            activation = keras.activations.serialize(keras.activations.get(activation))
+        self.activation = _silu_name(activation)
+        self.ema_decay = float(ema_decay)
+        self._fn = keras.activations.get(self.activation)
+        fixed = fixed_activation_range(self.activation)
+        self.output_quantizer = ActivationQuantizer(
+            ema_decay=ema_decay, fixed_range=fixed, name="output_quantizer"
+        )
+        self.sigmoid_quantizer = None
+        if self.activation == "silu":
+            self.sigmoid_quantizer = ActivationQuantizer(
+                fixed_range=fixed_activation_range("sigmoid"), name="sigmoid_quantizer"
+            )
+
+    def build(self, input_shape):
+        self.output_quantizer.build(input_shape)
+        if self.sigmoid_quantizer is not None:
+            self.sigmoid_quantizer.build(input_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None and self.activation == "softmax":
+            # As `keras.layers.Softmax`: masked positions get probability ~0.
+            inputs = inputs + (1.0 - ops.cast(mask, inputs.dtype)) * -1e9
+        if self.sigmoid_quantizer is not None:
+            gate = self.sigmoid_quantizer(ops.sigmoid(inputs), training=training)
+            y = inputs * gate
+        else:
+            y = self._fn(inputs)
+        y = self.output_quantizer(y, training=training)
+        if self.activation in ("softmax", "sigmoid"):
+            _keep_logits(y, inputs)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"activation": self.activation, "ema_decay": self.ema_decay})
+        return config
