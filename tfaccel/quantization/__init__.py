@@ -7,6 +7,10 @@ weights, per-tensor Dense weights, asymmetric int8 activations); train it with
 end without a representative data set.
 """
 
+from tfaccel.quantization.attention import (
+    QuantizedEmbedding,
+    QuantizedMultiHeadAttention,
+)
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -14,17 +18,24 @@ from tfaccel.quantization.layers import (
 )
 from tfaccel.quantization.quantize import calibrate, is_quantized, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation, fake_quant_weight
-from tfaccel.quantization.registry import quantize_kind, register_quantizable
+from tfaccel.quantization.registry import (
+    quantize_kind,
+    register_qat_layer,
+    register_quantizable,
+)
 
 __all__ = [
     "ActivationQuantizer",
     "QuantizeWrapper",
     "QuantizedActivation",
+    "QuantizedEmbedding",
+    "QuantizedMultiHeadAttention",
     "calibrate",
     "fake_quant_activation",
     "fake_quant_weight",
     "is_quantized",
     "quantize",
     "quantize_kind",
+    "register_qat_layer",
     "register_quantizable",
 ]

@@ -19,6 +19,7 @@ from tfaccel.quantization.layers import (
 from tfaccel.quantization.registry import (
     _activation_name,
     fusable_activation,
+    qat_layer,
     quantize_kind,
 )
 
@@ -123,6 +124,8 @@ class _Rewrite:
         kind = self.planner.kinds.get(id(op))
         if kind in _KERNEL_KINDS:
             return self.kernel(op, kind)
+        if kind == "layer":
+            return qat_layer(op, self.ema_decay)
         if kind == "activation" and fusable_activation(op) is None and (
             type(op) is keras.layers.Activation or isinstance(op, keras.layers.Softmax)
         ):
