@@ -7,9 +7,9 @@ import pytest
 from tests.quantization import tflite_utils as tfl
 from tests.tiny_models import load_digits_split, make_transformer_block
 from tfaccel.quantization import (
+    QuantizedEinsumDense,
     QuantizedEmbedding,
     QuantizedMultiHeadAttention,
-    QuantizeWrapper,
     quantize,
     quantize_kind,
 )
@@ -24,15 +24,32 @@ def rows():
 
 def _model(layer_fn, shape=(8, 8)):
     inputs = keras.Input(shape)
-    return keras.Model(inputs, layer_fn(inputs))
+    model = keras.Model(inputs, layer_fn(inputs))
+    _trained_biases(model)
+    return model
+
+
+def _trained_biases(model):
+    """Nonzero biases, as after training (a zero bias hides where the
+    converter puts the bias add)."""
+    rng = np.random.default_rng(1)
+    for w in model.weights:
+        if w.path.endswith("bias") or w.path.endswith("beta"):
+            w.assign(rng.normal(0, 0.1, w.shape).astype("float32"))
+
+
+def _steps(qat, x):
+    """|QAT - int8 file| in output steps (rounded), and the file's ops."""
+    it = tfl.interpreter(tfl.to_int8_tflite(qat))
+    scale = it.get_output_details()[0]["quantization"][0]
+    diff = np.abs(qat.predict(x, verbose=0) - tfl.predict_int8(it, x))
+    return np.round(diff / scale), tfl.ops_with_tensors(it)
 
 
 def _steps_apart(qat, x):
-    """Max |QAT - int8 file| in output steps (float32 noise off), and ops."""
-    it = tfl.interpreter(tfl.to_int8_tflite(qat))
-    scale = it.get_output_details()[0]["quantization"][0]
-    diff = np.abs(qat.predict(x, verbose=0) - tfl.predict_int8(it, x)).max()
-    return diff / scale - 1e-4, tfl.ops_with_tensors(it)
+    """Max |QAT - int8 file| in output steps, and the file's ops."""
+    steps, ops = _steps(qat, x)
+    return steps.max(), ops
 
 
 def _int8_ops(ops, name):
@@ -43,13 +60,15 @@ def _int8_ops(ops, name):
     return found
 
 
-def test_einsum_dense_is_a_per_tensor_int8_fully_connected(rows):
+@pytest.mark.parametrize(
+    "equation, shape, bias",
+    [("abc,cd->abd", (None, 12), "d"), ("abc,cde->abde", (None, 2, 4), "de")],
+)
+def test_einsum_dense_is_a_per_tensor_int8_fully_connected(rows, equation, shape, bias):
     keras.utils.set_random_seed(0)
-    layer = keras.layers.EinsumDense(
-        "abc,cd->abd", output_shape=(None, 12), bias_axes="d"
-    )
+    layer = keras.layers.EinsumDense(equation, output_shape=shape, bias_axes=bias)
     qat = quantize(_model(layer), calibration_data=rows)
-    assert isinstance(qat.layers[-1], QuantizeWrapper)
+    assert isinstance(qat.layers[-1], QuantizedEinsumDense)
     steps, ops = _steps_apart(qat, rows)
     assert steps <= 1.0
     ((ins, _),) = _int8_ops(ops, "FULLY_CONNECTED")
@@ -82,8 +101,10 @@ def test_multi_head_attention_is_int8_matmuls_and_softmax(rows):
     ]
     for original, new in zip(mha.weights, [w for w in layer.weights if w.trainable]):
         np.testing.assert_array_equal(original.numpy(), new.numpy())
-    steps, ops = _steps_apart(qat, rows)
-    assert steps <= 1.0
+    steps, ops = _steps(qat, rows)
+    # Seven int8 ops in a row, each within one step of the QAT tensor: the
+    # output is exact almost everywhere, a rounding carried twice at most.
+    assert steps.max() <= 2 and np.mean(steps == 0) >= 0.95
     assert len(_int8_ops(ops, "FULLY_CONNECTED")) == 4
     assert len(_int8_ops(ops, "BATCH_MATMUL")) == 2
     ((_, outs),) = _int8_ops(ops, "SOFTMAX")
@@ -134,7 +155,9 @@ def test_layer_normalization_over_other_axes_is_refused():
 
 def test_transformer_block_is_int8_outside_layer_norm_and_round_trips(rows, tmp_path):
     keras.utils.set_random_seed(0)
-    qat = quantize(make_transformer_block(), calibration_data=rows)
+    model = make_transformer_block()
+    _trained_biases(model)
+    qat = quantize(model, calibration_data=rows)
     steps, ops = _steps_apart(qat, rows)
     assert steps <= 3.0  # several int8 ops in a row, each rounding once
     for op, ins, outs in ops:

@@ -8,6 +8,7 @@ end without a representative data set.
 """
 
 from tfaccel.quantization.attention import (
+    QuantizedEinsumDense,
     QuantizedEmbedding,
     QuantizedMultiHeadAttention,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ActivationQuantizer",
     "QuantizeWrapper",
     "QuantizedActivation",
+    "QuantizedEinsumDense",
     "QuantizedEmbedding",
     "QuantizedMultiHeadAttention",
     "calibrate",

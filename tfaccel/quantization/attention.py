@@ -4,8 +4,8 @@ The TFLite converter lowers a Keras transformer block to these int8 ops
 (seen in converted files, TF 2.21):
 
 - `EinsumDense` (and `MultiHeadAttention`'s four projections): RESHAPE +
-  FULLY_CONNECTED with per-tensor int8 weights, so an `EinsumDense` is a
-  per-tensor `QuantizeWrapper`, exactly like `Dense`.
+  FULLY_CONNECTED with per-tensor int8 weights and the bias fused
+  (`QuantizedEinsumDense`, a per-tensor `QuantizeWrapper` like `Dense`'s).
 - The two attention products: BATCH_MATMUL on int8 tensors (query scaled by
   `1/sqrt(key_dim)`: a MUL), SOFTMAX with the fixed int8 output scale 1/256.
   `QuantizedMultiHeadAttention` puts an `ActivationQuantizer` on each of
@@ -27,17 +27,102 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfaccel._substitute import full_precision, substitute
 from tfaccel.graph import Replacement, copy_layer
-from tfaccel.quantization.layers import ActivationQuantizer, QuantizeWrapper
+from tfaccel.quantization.layers import (
+    ActivationQuantizer,
+    QuantizedActivation,
+    QuantizeWrapper,
+)
 from tfaccel.quantization.quantizers import fake_quant_weight, fixed_activation_range
-from tfaccel.quantization.registry import register_qat_layer, register_quantizable
+from tfaccel.quantization.registry import (
+    _activation_name,
+    register_qat_layer,
+    register_quantizable,
+)
 
-__all__ = ["QuantizedEmbedding", "QuantizedMultiHeadAttention"]
+__all__ = ["QuantizedEinsumDense", "QuantizedEmbedding", "QuantizedMultiHeadAttention"]
 
 _PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+
+
+def _matmul_form(layer, input_shape) -> tuple[int, tuple, tuple] | None:
+    """How an `EinsumDense` is one matrix product, or None.
+
+    `(k, kernel_out, inner)`: the input's last `k` axes are contracted with
+    the kernel's first `k` (same order), the kernel's other axes
+    (`kernel_out`) end the output, after the input's free axes (`inner`,
+    without the batch). Covers `Dense`-like and all four
+    `MultiHeadAttention` projections.
+    """
+    equation = layer.equation.replace(" ", "")
+    lhs, out = equation.split("->")
+    x, w = lhs.split(",")
+    ellipsis = x.startswith("...")
+    if ellipsis != out.startswith("...") or "." in w:
+        return None
+    x, out = x.replace("...", ""), out.replace("...", "")
+    for k in range(1, min(len(x), len(w)) + 1):
+        free_x, free_w = x[: len(x) - k], w[k:]
+        if x[len(x) - k :] == w[:k] and out == free_x + free_w:
+            # The free input axes, without the batch.
+            inner = tuple(input_shape[1 : len(input_shape) - k])
+            return k, tuple(layer.kernel.shape[k:]), inner
+    return None
+
+
+@keras.saving.register_keras_serializable(package="tfaccel")
+class QuantizedEinsumDense(QuantizeWrapper):
+    """An `EinsumDense` as int8 TFLite runs it: one FULLY_CONNECTED.
+
+    A `QuantizeWrapper` (per-tensor int8 kernel, output range) whose forward
+    pass computes the einsum as reshape, matrix product plus bias, reshape:
+    the converter then fuses the bias into an int8 FULLY_CONNECTED (an
+    einsum whose bias is added after a reshape would stay float).
+
+    Example:
+
+    >>> import numpy as np
+    >>> dense = keras.layers.EinsumDense("abc,cde->abde", (6, 2, 4), bias_axes="de")
+    >>> layer = QuantizedEinsumDense(dense, weight_mode="per_tensor")
+    >>> layer(np.ones((1, 6, 8), "float32"), training=True).shape
+    TensorShape([1, 6, 2, 4])
+
+    Args:
+        layer: an `EinsumDense` whose equation is one matrix product (see
+            `QuantizeWrapper` for the other arguments).
+    """
+
+    def _form(self, input_shape):
+        form = _matmul_form(self.layer, input_shape)
+        return None if form is None or None in form[2] else form
+
+    def _forward(self, inputs):
+        form = self._form(inputs.shape)
+        if form is None:
+            return self.layer(inputs)
+        k, kernel_out, inner = form
+        kernel = self.layer.kernel
+        rows = int(np.prod(kernel.shape[:k]))
+        x = ops.reshape(inputs, (-1, rows))
+        y = ops.matmul(x, ops.reshape(kernel, (rows, -1)))
+        if self.layer.bias is not None:
+            bias = ops.broadcast_to(self.layer.bias, kernel_out)
+            y = y + ops.reshape(bias, (-1,))
+        # Output heads are split after the output range: the converter
+        # moves a bias add past a reshape that splits them, and the
+        # FULLY_CONNECTED would stay float.
+        return ops.reshape(y, (-1, *inner, y.shape[-1]))
+
+    def call(self, inputs, training=None):
+        y = super().call(inputs, training=training)
+        form = self._form(inputs.shape)
+        if form is None:
+            return y
+        return ops.reshape(y, (-1, *form[2], *form[1]))
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
@@ -46,7 +131,7 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
 
     The same layer (same config, same variables, so weights copy over one to
     one) with the query, key, value and output projections wrapped in
-    per-tensor `QuantizeWrapper`s (int8 FULLY_CONNECTED, each with its
+    per-tensor `QuantizedEinsumDense`s (int8 FULLY_CONNECTED, each with its
     output range) and an `ActivationQuantizer` on every tensor TFLite holds
     between them: the scaled query (MUL), the attention logits (first
     BATCH_MATMUL), the attention probabilities (SOFTMAX, fixed range
@@ -81,7 +166,7 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
         super().build(query_shape, value_shape, key_shape)
         for attr in _PROJECTIONS:
             dense = getattr(self, attr)
-            wrapper = QuantizeWrapper(
+            wrapper = QuantizedEinsumDense(
                 dense,
                 weight_mode="per_tensor",
                 ema_decay=self.ema_decay,
@@ -215,6 +300,28 @@ def _quantized_embedding(layer, ema_decay: float) -> Replacement:
     )
 
 
+def _quantized_einsum_dense(layer, ema_decay: float) -> Replacement:
+    config = layer.get_config()
+    own = _activation_name(layer.activation)
+    config["activation"] = "linear"
+    inner = layer.__class__.from_config(config)
+    inner.build_from_config(layer.get_build_config())
+    fused = own if own in ("linear", "relu", "relu6") else "linear"
+    wrapper = QuantizedEinsumDense(
+        inner,
+        activation=fused,
+        weight_mode="per_tensor",
+        ema_decay=ema_decay,
+        name=f"quant_{layer.name}",
+    )
+    after = []
+    if fused != own:
+        after.append(
+            QuantizedActivation(own, ema_decay=ema_decay, name=f"{wrapper.name}_act")
+        )
+    return Replacement(wrapper, after=after, weights=[(layer, inner)])
+
+
 def _last_axis_norm(layer) -> str | None:
     """A LayerNormalization over the last axis only (float, output int8)."""
     axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
@@ -233,5 +340,5 @@ register_qat_layer(
     supported=lambda layer: not layer._use_gate and layer.built,
 )
 register_qat_layer(keras.layers.Embedding, _quantized_embedding)
-register_quantizable(keras.layers.EinsumDense, "per_tensor")
+register_qat_layer(keras.layers.EinsumDense, _quantized_einsum_dense)
 register_quantizable(keras.layers.LayerNormalization, _last_axis_norm)

@@ -65,6 +65,11 @@ class _Planner:
                 )
                 self.kinds[id(op)] = "skip_to_int8" if feeds_int8 else "skip"
                 continue
+            if not any("float" in str(t.dtype) for t in node.outputs):
+                # Integer index arithmetic (position ids, shapes): TFLite
+                # runs it in int32, there is nothing to quantize.
+                self.kinds[id(op)] = "passthrough"
+                continue
             kind = quantize_kind(op)
             if kind is None:
                 what = "layer" if node.is_layer else "operation"

@@ -1,0 +1,325 @@
+"""Transformers to int8 TFLite: a digits ViT through QAT, side by side with peers.
+
+A small Vision Transformer written the keras.io way (2x2 patches of the 8x8
+digits = 16 tokens, a Dense patch projection plus a learned position
+`Embedding`, pre-norm blocks of `LayerNormalization`, `MultiHeadAttention`,
+residual adds and a Dense/GELU MLP) trained on the real digits, then:
+
+- tfaccel: `quantize` + a short QAT fine-tune + `export_tflite(int8)`
+  (verified against the QAT model): accuracy of the int8 file, op table by
+  dtype, file size vs the float32 file;
+- the converter's post-training int8 of the float model (representative
+  data, `TFLITE_BUILTINS_INT8`; ops without an int8 kernel are allowed to
+  stay float, so this is the converter's best);
+- Keras' own `model.quantize("int8")` (post-training, weight-only; accuracy
+  in Keras, and whether it converts to TFLite).
+
+Usage:
+
+    .venv/bin/python benchmarks/transformers.py --out benchmarks/results/transformers.json
+
+Prints one JSON object to stdout (progress goes to stderr).
+`render_transformers(result)` returns the markdown lines for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import peer_keras_quantize  # noqa: E402
+
+DIM, HEADS, BLOCKS, MLP = 32, 4, 2, 64
+EPOCHS = 30
+QAT_EPOCHS = 3
+KERNEL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
+
+
+def digits_vit(
+    dim: int = DIM,
+    heads: int = HEADS,
+    blocks: int = BLOCKS,
+    mlp: int = MLP,
+    dropout: float = 0.1,
+):
+    """The digits ViT: 16 tokens of 2x2 pixels, `blocks` pre-norm blocks.
+
+    keras.io's `PatchEncoder` layer written with functional ops so that every
+    layer is visible to `quantize`: the position ids are computed from the
+    patches' shape (`cumsum` of ones: a constant `arange` added to a
+    batch-shaped zero tensor becomes an int32 BiasAdd the TFLite converter
+    cannot lower).
+    """
+    import keras
+    from keras import layers as L
+
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = L.Reshape((4, 2, 4, 2))(inputs)
+    x = L.Permute((1, 3, 2, 4))(x)
+    patches = L.Reshape((16, 4))(x)
+    ones = keras.ops.ones_like(patches[:, :, 0], dtype="int32")
+    positions = keras.ops.cumsum(ones, axis=1) - 1
+    x = L.Dense(dim, name="patch_projection")(patches)
+    x = x + L.Embedding(16, dim, name="position_embedding")(positions)
+    for i in range(blocks):
+        h = L.LayerNormalization(epsilon=1e-6, name=f"norm_{i}a")(x)
+        h = L.MultiHeadAttention(
+            heads, dim // heads, dropout=dropout, name=f"attention_{i}"
+        )(h, h)
+        x = L.Add(name=f"residual_{i}a")([h, x])
+        h = L.LayerNormalization(epsilon=1e-6, name=f"norm_{i}b")(x)
+        h = L.Dense(mlp, activation="gelu", name=f"mlp_{i}_up")(h)
+        h = L.Dropout(dropout)(h)
+        h = L.Dense(dim, name=f"mlp_{i}_down")(h)
+        x = L.Add(name=f"residual_{i}b")([h, x])
+    x = L.LayerNormalization(epsilon=1e-6, name="norm_out")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(10, name="logits")(x), name="digits_vit")
+
+
+def recipe() -> dict[str, str]:
+    return {
+        "data": common.recipe()["data"],
+        "model": (
+            f"ViT: 2x2 patches (16 tokens), dim {DIM}, {HEADS} heads, "
+            f"{BLOCKS} pre-norm blocks, GELU MLP {MLP}, dropout 0.1, "
+            "learned position Embedding, LayerNorm + mean pool + Dense(10)"
+        ),
+        "float": f"Adam {common.LR}, batch {common.BATCH}, {EPOCHS} epochs",
+        "qat": f"tfaccel.quantize from the float model, Adam {common.QAT_LR}, "
+        f"{QAT_EPOCHS} epochs; export_tflite(int8), float I/O",
+        "ptq": common.recipe()["ptq"].replace("TFLITE_BUILTINS_INT8, ", ""),
+        "keras_quantize": 'model.quantize("int8") after float training (post-training, '
+        "weight-only)",
+    }
+
+
+def _ptq(model, representative) -> bytes:
+    """The converter's full-integer post-training int8 (float ops allowed)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def gen():
+        for i in range(len(representative)):
+            yield [representative[i : i + 1]]
+
+    converter.representative_dataset = gen
+    return converter.convert()
+
+
+def _kernels_int8(ops: dict[str, int]) -> bool:
+    """Whether every FULLY_CONNECTED / BATCH_MATMUL reads int8."""
+    kernels = {k: n for k, n in ops.items() if k.split("/")[0] in KERNEL_OPS}
+    return bool(kernels) and all(k.endswith("/int8") for k in kernels)
+
+
+def one_seed(data, seed: int, workdir: str, log) -> dict[str, Any]:
+    import keras
+
+    import tfaccel
+
+    x_train, y_train, x_test, y_test = data
+    keras.utils.set_random_seed(seed)
+    model = common.compile_classifier(digits_vit(), keras)
+    t0 = time.perf_counter()
+    model.fit(x_train, y_train, epochs=EPOCHS, batch_size=common.BATCH, verbose=0)
+    res: dict[str, Any] = {
+        "seed": seed,
+        "float_train_s": round(time.perf_counter() - t0, 1),
+    }
+    res["params"] = model.count_params()
+    res["float_acc"] = common.accuracy(model, x_test, y_test)
+    log(f"seed {seed}: float {res['float_acc']:.4f}")
+
+    float_path = os.path.join(workdir, f"float_{seed}.tflite")
+    tfaccel.export_tflite(model, float_path)
+    res["float32"] = common.file_sizes(float_path)
+
+    qat = tfaccel.quantize(model, calibration_data=x_train[:256])
+    common.compile_classifier(qat, keras, lr=common.QAT_LR)
+    t0 = time.perf_counter()
+    qat.fit(x_train, y_train, epochs=QAT_EPOCHS, batch_size=common.BATCH, verbose=0)
+    res["qat_train_s"] = round(time.perf_counter() - t0, 1)
+    res["qat_keras_acc"] = common.accuracy(qat, x_test, y_test)
+    qat_path = os.path.join(workdir, f"qat_{seed}.tflite")
+    report = tfaccel.export_tflite(
+        qat, qat_path, quantization="int8", verification_data=x_test
+    )
+    res["qat_int8"] = common.file_sizes(qat_path)
+    res["qat_int8"]["agreement_vs_qat_keras"] = report.agreement
+    res["qat_int8"]["int8_coverage"] = report.int8_coverage
+    res["qat_int8"]["ops"] = common.tflite_op_summary(qat_path)
+    res["qat_int8"]["kernels_int8"] = _kernels_int8(res["qat_int8"]["ops"])
+    res["qat_int8"]["acc"] = common.tflite_accuracy(qat_path, x_test, y_test)
+    res["qat_int8"]["vs_float32_bytes"] = round(
+        res["qat_int8"]["bytes"] / res["float32"]["bytes"], 4
+    )
+    res["qat_int8_minus_float_points"] = round(
+        100 * (res["qat_int8"]["acc"] - res["float_acc"]), 3
+    )
+    log(
+        f"seed {seed}: QAT keras {res['qat_keras_acc']:.4f} int8 file "
+        f"{res['qat_int8']['acc']:.4f} ({res['qat_int8']['vs_float32_bytes']:.2f}x bytes)"
+    )
+
+    ptq_path = common.write_bytes(
+        os.path.join(workdir, f"ptq_{seed}.tflite"), _ptq(model, x_train[:256])
+    )
+    res["ptq_int8"] = common.file_sizes(ptq_path)
+    res["ptq_int8"]["ops"] = common.tflite_op_summary(ptq_path)
+    res["ptq_int8"]["kernels_int8"] = _kernels_int8(res["ptq_int8"]["ops"])
+    res["ptq_int8"]["acc"] = common.tflite_accuracy(ptq_path, x_test, y_test)
+    res["ptq_int8"]["vs_float32_bytes"] = round(
+        res["ptq_int8"]["bytes"] / res["float32"]["bytes"], 4
+    )
+    log(f"seed {seed}: converter PTQ int8 file {res['ptq_int8']['acc']:.4f}")
+
+    model.quantize("int8")
+    res["keras_int8_acc"] = common.accuracy(model, x_test, y_test)
+    res["keras_quantized_layers"] = len(peer_keras_quantize.quantized_layers(model))
+    if seed == 0:
+        res["keras_int8_tflite"] = peer_keras_quantize.try_convert(
+            model, x_test, y_test, workdir, f"keras_{seed}", True
+        )
+    log(f"seed {seed}: Keras model.quantize int8 {res['keras_int8_acc']:.4f}")
+    keras.backend.clear_session()
+    return res
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--seeds", default=",".join(map(str, common.SEEDS)))
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    log = common.Clock("transformers")
+    result: dict[str, Any] = {
+        "benchmark": "transformers",
+        "command": common.command_line(),
+        "env": common.env_info(),
+        "recipe": recipe(),
+    }
+    data = common.load_digits_split()
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = [one_seed(data, s, workdir, log) for s in seeds]
+    keys = (
+        "float_acc",
+        "qat_keras_acc",
+        "keras_int8_acc",
+        "qat_int8_minus_float_points",
+    )
+    mean = {k: round(statistics.mean(r[k] for r in rows), 5) for k in keys}
+    for kind in ("qat_int8", "ptq_int8"):
+        mean[f"{kind}_acc"] = round(statistics.mean(r[kind]["acc"] for r in rows), 5)
+        mean[f"{kind}_vs_float32_bytes"] = round(
+            statistics.mean(r[kind]["vs_float32_bytes"] for r in rows), 4
+        )
+    result["vit"] = {"seeds": rows, "mean": mean}
+    result["load_avg_end"] = list(os.getloadavg())
+    result["elapsed_s"] = log.elapsed()
+    common.emit(result, args.out)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Report.
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _op_table(ops: dict[str, int]) -> str:
+    return ", ".join(f"{k.replace('/', '[')}] x{n}" for k, n in sorted(ops.items()))
+
+
+def render_transformers(d: dict) -> list[str]:
+    """Markdown lines for the transformers section of BENCHMARKS.md."""
+    lines = ["## Transformers: digits ViT to int8 TFLite", ""]
+    vit = d.get("vit")
+    if not vit:
+        return lines + [
+            "Not run: `.venv/bin/python benchmarks/transformers.py "
+            "--out benchmarks/results/transformers.json`",
+            "",
+        ]
+    rows, mean = vit["seeds"], vit["mean"]
+    first = rows[0]
+    float_kb = first["float32"]["bytes"] / 1024
+    keras_tfl = peer_keras_quantize._tflite_cell(first.get("keras_int8_tflite"))
+    header = [
+        "path",
+        "accuracy",
+        "Δ vs float (points)",
+        "FC / BATCH_MATMUL int8",
+        "file bytes vs float32",
+    ]
+    table = [
+        [
+            "float32 (Keras)",
+            _pct(mean["float_acc"]),
+            "",
+            "",
+            f"1.00x ({float_kb:.1f} KB)",
+        ],
+        [
+            "tfaccel QAT int8 file",
+            _pct(mean["qat_int8_acc"]),
+            f"{100 * (mean['qat_int8_acc'] - mean['float_acc']):+.2f}",
+            "all" if all(r["qat_int8"]["kernels_int8"] for r in rows) else "**no**",
+            f"{mean['qat_int8_vs_float32_bytes']:.2f}x",
+        ],
+        [
+            "converter post-training int8 file",
+            _pct(mean["ptq_int8_acc"]),
+            f"{100 * (mean['ptq_int8_acc'] - mean['float_acc']):+.2f}",
+            "all" if all(r["ptq_int8"]["kernels_int8"] for r in rows) else "**no**",
+            f"{mean['ptq_int8_vs_float32_bytes']:.2f}x",
+        ],
+        [
+            'Keras `model.quantize("int8")` (in Keras)',
+            _pct(mean["keras_int8_acc"]),
+            f"{100 * (mean['keras_int8_acc'] - mean['float_acc']):+.2f}",
+            "n/a (no int8 file)",
+            keras_tfl,
+        ],
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    load = d.get("load_avg_end")
+    lines += [
+        "",
+        f"Means over {len(rows)} seeds on the 397-image digits test split; "
+        f"{first['params']:,} parameters. "
+        "Goals (issue 16): QAT int8 file within 0.5 point of float, every "
+        "FULLY_CONNECTED / BATCH_MATMUL int8, file ≤ 0.3x the float32 file.",
+        "",
+        f"QAT int8 file ops (seed {first['seed']}): {_op_table(first['qat_int8']['ops'])}",
+        "",
+        f"Converter PTQ int8 file ops: {_op_table(first['ptq_int8']['ops'])}",
+        "",
+        "Float on purpose in the QAT file: each LayerNormalization's "
+        "normalization (SQUARED_DIFFERENCE, MEAN, RSQRT, MUL, ADD between "
+        "DEQUANTIZE and QUANTIZE); the int32 ops compute shapes and position ids.",
+        "",
+        f"Command: `{d.get('command', '')}` ({d.get('elapsed_s', 'n/a')} s, "
+        f"load average at the end {load})",
+        "",
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
