@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tests.quantization import tflite_utils as tfl
+from tests.quantization.conftest import compile_classifier
 from tests.tiny_models import load_digits_split, make_transformer_block
 from tfaccel.quantization import (
     QuantizedEinsumDense,
@@ -182,3 +183,17 @@ def test_transformer_block_is_int8_outside_layer_norm_and_round_trips(rows, tmp_
         loaded.predict(rows, verbose=0), qat.predict(rows, verbose=0)
     )
     assert [type(lay) for lay in loaded.layers] == [type(lay) for lay in qat.layers]
+
+
+def test_qat_transformer_trains_in_sync_under_mirrored_strategy(rows, two_cpus):
+    labels = load_digits_split()[1][: len(rows)]
+    with two_cpus.scope():
+        model = make_transformer_block()
+        qat = quantize(model, calibration_data=rows)
+        compile_classifier(qat)
+    qat.fit(rows, labels, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    ranges = [v for v in qat.variables if v.path.endswith(("range_min", "range_max"))]
+    assert len(ranges) > 20 and any(float(v.numpy()) != 0.0 for v in ranges)
+    for variable in qat.variables:
+        first, second = (np.asarray(v) for v in variable.value.values)
+        np.testing.assert_array_equal(first, second, err_msg=variable.path)
