@@ -105,12 +105,13 @@ class QuantizedEinsumDense(QuantizeWrapper):
         if form is None:
             return self.layer(inputs)
         k, kernel_out, inner = form
-        kernel = self.layer.kernel
+        # The substituted (float32) kernel, in the compute dtype.
+        kernel = ops.cast(self.layer.kernel, inputs.dtype)
         rows = int(np.prod(kernel.shape[:k]))
         x = ops.reshape(inputs, (-1, rows))
         y = ops.matmul(x, ops.reshape(kernel, (rows, -1)))
         if self.layer.bias is not None:
-            bias = ops.broadcast_to(self.layer.bias, kernel_out)
+            bias = ops.broadcast_to(ops.cast(self.layer.bias, y.dtype), kernel_out)
             y = y + ops.reshape(bias, (-1,))
         # Output heads are split after the output range: the converter
         # moves a bias add past a reshape that splits them, and the
