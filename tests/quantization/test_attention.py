@@ -113,7 +113,7 @@ def test_multi_head_attention_is_int8_matmuls_and_softmax(rows):
     assert tfl.float_ops(tfl.interpreter(tfl.to_int8_tflite(qat))) == []
 
 
-def test_embedding_table_is_int8_and_gather_keeps_its_scale():
+def test_embedding_table_is_int8_and_gather_keeps_its_scale(tmp_path):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5,), dtype="int32")
     model = keras.Model(inputs, keras.layers.Embedding(20, 6)(inputs))
@@ -132,6 +132,27 @@ def test_embedding_table_is_int8_and_gather_keeps_its_scale():
     it.invoke()
     out = it.get_tensor(it.get_output_details()[0]["index"])
     np.testing.assert_allclose(out, table[ids], atol=1e-6)
+    path = str(tmp_path / "embedding.keras")
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[-1], QuantizedEmbedding)
+    np.testing.assert_array_equal(loaded.predict(ids, verbose=0), table[ids])
+
+
+def test_position_ids_computed_in_the_graph_stay_int32(rows):
+    """keras.io's position embedding, functional: int ops need no ranges."""
+    inputs = keras.Input((8, 8))
+    positions = keras.ops.cumsum(keras.ops.ones_like(inputs[:, :, 0], "int32"), axis=1)
+    x = keras.layers.Dense(6)(inputs) + keras.layers.Embedding(9, 6)(positions - 1)
+    model = keras.Model(inputs, x)
+    _trained_biases(model)
+    qat = quantize(model, calibration_data=rows)
+    steps, ops = _steps_apart(qat, rows)
+    assert steps <= 1.0
+    _int8_ops(ops, "GATHER")
+    _int8_ops(ops, "FULLY_CONNECTED")
+    assert {"CUMSUM", "SUB"} <= {op for op, _, _ in ops}
+    assert tfl.float_ops(tfl.interpreter(tfl.to_int8_tflite(qat))) == []
 
 
 def test_layer_normalization_is_a_float_island_between_int8_tensors(rows):
