@@ -8,6 +8,11 @@ end without a representative data set.
 """
 
 from tfaccel.quantization.affine import QuantizeAffineWrapper
+from tfaccel.quantization.attention import (
+    QuantizedEinsumDense,
+    QuantizedEmbedding,
+    QuantizedMultiHeadAttention,
+)
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -15,18 +20,26 @@ from tfaccel.quantization.layers import (
 )
 from tfaccel.quantization.quantize import calibrate, is_quantized, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation, fake_quant_weight
-from tfaccel.quantization.registry import quantize_kind, register_quantizable
+from tfaccel.quantization.registry import (
+    quantize_kind,
+    register_qat_layer,
+    register_quantizable,
+)
 
 __all__ = [
     "ActivationQuantizer",
     "QuantizeAffineWrapper",
     "QuantizeWrapper",
     "QuantizedActivation",
+    "QuantizedEinsumDense",
+    "QuantizedEmbedding",
+    "QuantizedMultiHeadAttention",
     "calibrate",
     "fake_quant_activation",
     "fake_quant_weight",
     "is_quantized",
     "quantize",
     "quantize_kind",
+    "register_qat_layer",
     "register_quantizable",
 ]

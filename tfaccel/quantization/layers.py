@@ -228,7 +228,7 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         elif folded_bias is not None:
             add_bias = True
         with substitute(mapping, owner=self.layer):
-            y = self.layer(inputs)
+            y = self._forward(inputs)
         if add_bias:
             y = y + ops.cast(folded_bias, y.dtype)
         # A frozen BatchNormalization keeps its statistics, as in Keras.
@@ -240,6 +240,21 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         elif self.activation == "relu6":
             y = ops.relu6(y)
         return self.output_quantizer(y, training=training)
+
+    def _forward(self, inputs):
+        """The wrapped layer on `inputs` (its kernel substituted).
+
+        A Dense layer on a sequence (rank > 2) runs on 2-D rows: Keras
+        computes it as reshape, matmul, reshape, bias add, and the converter
+        cannot fuse a bias added after the reshape into FULLY_CONNECTED, so
+        the op would stay float.
+        """
+        layer = self.layer
+        inner = tuple(inputs.shape[1:-1])
+        if not isinstance(layer, keras.layers.Dense) or not inner or None in inner:
+            return layer(inputs)
+        y = layer(ops.reshape(inputs, (-1, inputs.shape[-1])))
+        return ops.reshape(y, (-1, *inner, y.shape[-1]))
 
     def _update_moving_statistics(self, y, folded_bias, scale):
         bn = self.batch_norm

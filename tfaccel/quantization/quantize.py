@@ -21,6 +21,7 @@ from tfaccel.quantization.lowering import LOWERINGS
 from tfaccel.quantization.registry import (
     _activation_name,
     fusable_activation,
+    qat_layer,
     quantize_kind,
 )
 
@@ -70,6 +71,11 @@ class _Planner:
                     for user in source.consumers(node)
                 )
                 self.kinds[id(op)] = "skip_to_int8" if feeds_int8 else "skip"
+                continue
+            if not any("float" in str(t.dtype) for t in node.outputs):
+                # Integer index arithmetic (position ids, shapes): TFLite
+                # runs it in int32, there is nothing to quantize.
+                self.kinds[id(op)] = "passthrough"
                 continue
             kind = quantize_kind(op)
             if kind is None:
@@ -132,6 +138,8 @@ class _Rewrite:
         kind = self.planner.kinds.get(id(op))
         if kind in _KERNEL_KINDS:
             return self.kernel(op, kind)
+        if kind == "layer":
+            return qat_layer(op, self.ema_decay)
         if kind == "activation" and fusable_activation(op) is None and (
             type(op) is keras.layers.Activation or isinstance(op, keras.layers.Softmax)
         ):

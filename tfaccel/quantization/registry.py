@@ -19,6 +19,9 @@ Each layer class maps to a rule, a callable `rule(layer) -> kind` or a kind:
   `QuantizedActivation`.
 - `"passthrough"`: the int8 op keeps its input's scale (reshapes, max and
   average pooling, padding, dropout): nothing is added.
+- `"layer"`: the layer is replaced by its own quantization-aware twin, built
+  by the factory given to `register_qat_layer` (`MultiHeadAttention`,
+  `Embedding`: see `tfaccel.quantization.attention`).
 - `None`: not supported (quantize raises an error naming the layer).
 
 Example:
@@ -34,7 +37,14 @@ from collections.abc import Callable
 
 import keras
 
-__all__ = ["KINDS", "fusable_activation", "quantize_kind", "register_quantizable"]
+__all__ = [
+    "KINDS",
+    "fusable_activation",
+    "qat_layer",
+    "quantize_kind",
+    "register_qat_layer",
+    "register_quantizable",
+]
 
 KINDS = (
     "per_channel",
@@ -47,6 +57,7 @@ KINDS = (
     "output",
     "activation",
     "passthrough",
+    "layer",
 )
 
 Rule = str | Callable[[keras.layers.Layer], "str | None"]
@@ -91,7 +102,7 @@ def quantize_kind(layer: keras.layers.Layer) -> str | None:
 
     >>> quantize_kind(keras.layers.Conv2D(8, 3)), quantize_kind(keras.layers.Dense(2))
     ('per_channel', 'per_tensor')
-    >>> quantize_kind(keras.layers.LayerNormalization()) is None
+    >>> quantize_kind(keras.layers.LSTM(4)) is None
     True
     """
     for cls in type(layer).__mro__:
@@ -230,3 +241,44 @@ _OPERATIONS: dict[str, Rule] = {
         "passthrough",
     ),
 }
+
+
+# Layers quantized as a whole ("layer" kind): class -> factory(layer, ema_decay).
+_FACTORIES: dict[type, Callable] = {}
+
+
+def register_qat_layer(
+    layer_cls: type,
+    factory: Callable[[keras.layers.Layer, float], object],
+    supported: Callable[[keras.layers.Layer], bool] | None = None,
+) -> None:
+    """Quantize layers of class `layer_cls` by replacing them with a twin.
+
+    Args:
+        layer_cls: a `keras.layers.Layer` subclass (subclasses inherit it).
+        factory: `factory(layer, ema_decay)` returning the quantization-aware
+            layer, or a `tfaccel.graph.Replacement` (with the weight pairs to
+            copy once the new model is built).
+        supported: optional `fn(layer) -> bool`; a layer for which it is False
+            is unsupported (`quantize` names it).
+    """
+    if not callable(factory):
+        raise TypeError(f"`factory` must be callable. Received: factory={factory!r}")
+    _FACTORIES[layer_cls] = factory
+
+    def rule(layer):
+        return "layer" if supported is None or supported(layer) else None
+
+    register_quantizable(layer_cls, rule)
+
+
+def qat_layer(layer: keras.layers.Layer, ema_decay: float):
+    """The quantization-aware twin of a `"layer"`-kind layer (its factory's)."""
+    for cls in type(layer).__mro__:
+        if cls in _FACTORIES:
+            return _FACTORIES[cls](layer, ema_decay)
+    raise ValueError(
+        "`layer` has no quantization-aware twin registered with "
+        f"`register_qat_layer`. Received: layer={layer.name!r} of class "
+        f"{type(layer).__name__}"
+    )
