@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from tests.clustering.conftest import BATCH, compile_model, small_cnn
-from tfaccel.clustering import ClusterWeights, cluster, distinct_values, strip_clustering
+from tfaccel.clustering import (
+    ClusterWeights,
+    cluster,
+    distinct_values,
+    strip_clustering,
+)
 
 SAVE_FREQ = 3
 STOP_AT = 6  # batches; a multiple of SAVE_FREQ, so a backup was just written
