@@ -70,3 +70,27 @@ def test_stateless_scope_and_autocast_scope():
     assert _substitute._current_scope() is None
     with _substitute.full_precision():
         pass
+
+
+def test_multi_head_attention_internals_read_by_head_pruning_and_qat():
+    """`pruning/heads.py` and `quantization/attention.py` read these names of
+    `keras.layers.MultiHeadAttention`; QuantizedMultiHeadAttention overrides
+    `_compute_attention` with this signature."""
+    import inspect
+
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, dropout=0.1)
+    x = np.ones((1, 4, 6), "float32")
+    mha(x, x)
+    for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense"):
+        assert isinstance(getattr(mha, name), keras.layers.EinsumDense), name
+    assert mha._query_dense.kernel.shape == (6, 2, 3)
+    assert mha._output_dense.kernel.shape == (2, 3, 6)
+    assert mha._use_gate is False and mha._dropout == 0.1
+    assert isinstance(mha._dropout_layer, keras.layers.Dropout)
+    assert isinstance(mha._dot_product_equation, str)
+    assert isinstance(mha._combine_equation, str)
+    assert float(mha._inverse_sqrt_key_dim) == np.float32(1 / np.sqrt(3))
+    assert callable(mha._masked_softmax) and callable(mha._compute_causal_mask)
+    params = list(inspect.signature(mha._compute_attention).parameters)
+    assert params == ["query", "key", "value", "attention_mask", "training",
+                      "return_attention_scores", "use_causal_mask"], params
