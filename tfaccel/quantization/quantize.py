@@ -16,6 +16,7 @@ from tfaccel.quantization.layers import (
     QuantizedActivation,
     QuantizeWrapper,
 )
+from tfaccel.quantization.pruned import carry_pruning, carry_state, quantize_wrapper
 from tfaccel.quantization.registry import (
     _activation_name,
     fusable_activation,
@@ -33,6 +34,11 @@ def _strip_pruning(model):
     from tfaccel.pruning.base import pruning_wrappers
 
     return strip_pruning(model) if pruning_wrappers(model) else model
+
+
+def _carry_pruning(model, skip):
+    """Pruning wrappers: unfinished schedules carried into QAT, others stripped."""
+    return carry_pruning(model, skip, lambda layer: quantize_kind(layer) in _KERNEL_KINDS)
 
 
 class _Planner:
@@ -108,9 +114,10 @@ class _Planner:
 class _Rewrite:
     """The plan over `tfaccel.graph`: what each node of the model becomes."""
 
-    def __init__(self, planner: _Planner, ema_decay: float):
+    def __init__(self, planner: _Planner, ema_decay: float, pruning=None):
         self.planner = planner
         self.ema_decay = ema_decay
+        self.pruning = pruning or {}  # id(layer) -> its PruneLowMagnitude
         self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, original)
 
     def quantizer(self, name: str) -> ActivationQuantizer:
@@ -153,7 +160,8 @@ class _Rewrite:
         # A clustered kernel keeps its clusters (CQAT), except under a
         # per-tensor scheme with a folded BatchNorm (see QuantizeWrapper).
         per_tensor_fold = kind == "per_tensor" and bn is not None
-        wrapper = QuantizeWrapper(
+        wrapper = quantize_wrapper(
+            self.pruning.get(id(layer)),  # a schedule to keep running, if any
             inner,
             batch_norm=norm,
             activation=act,
@@ -255,9 +263,9 @@ def quantize(
             "Train it, calibrate it (`tfaccel.quantization.calibrate`) or "
             "export it; to quantize again, start from the float model."
         )
-    model = _strip_pruning(model)
-    source = graph.read(model)
     skip_fn = graph.selector(skip, "skip")
+    model, pruning = _carry_pruning(model, skip_fn)
+    source = graph.read(model)
     planner = _Planner(skip_fn)
     planner.plan(source)
     if planner.errors:
@@ -268,7 +276,7 @@ def quantize(
             "`quantize(model, skip=[<layer name or class>])`, or register a "
             "rule with `tfaccel.quantization.register_quantizable`."
         )
-    rewrite = _Rewrite(planner, ema_decay)
+    rewrite = _Rewrite(planner, ema_decay, pruning)
     new_model = graph.rebuild(model, rewrite, input_layers=rewrite.input_quantizer)
     for wrapper, original in rewrite.wrappers:
         if wrapper.preserve_sparsity:
@@ -276,6 +284,7 @@ def quantize(
             wrapper.mask.assign((kernel != 0).astype("float32"))
         if wrapper.preserve_clusters:
             wrapper.set_clusters()  # from the copied kernel
+    carry_state(rewrite.wrappers, pruning)  # masks and steps of running schedules
     if calibration_data is not None:
         calibrate(new_model, calibration_data, batch_size=calibration_batch_size)
     return new_model
