@@ -40,6 +40,7 @@ from tfaccel.pruning.prune import _warn_unfinished, strip_pruning
 from tfaccel.pruning.registry import prunable_weights
 from tfaccel.pruning.wrapper import PruneLowMagnitude, fits_pattern
 from tfaccel.quantization.layers import QuantizeWrapper
+from tfaccel.quantization.registry import quantize_kind
 from tfaccel.schedules import PruningSchedule, check_schedule
 
 __all__ = ["PrunedQuantizeWrapper", "carry_pruning", "carry_state", "quantize_wrapper"]
@@ -215,55 +216,62 @@ class PrunedQuantizeWrapper(QuantizeWrapper, PruningWrapper):
 def quantize_wrapper(
     source: PruneLowMagnitude | None, layer: keras.layers.Layer, **kwargs: Any
 ) -> QuantizeWrapper:
-    """The QAT wrapper of `layer`: pruned under `source`'s schedule, if any."""
+    """The QAT wrapper of `layer`: pruned under `source`'s schedule, if any.
+
+    `carry_state` later copies `source`'s masks and step into it.
+    """
     if source is None:
         return QuantizeWrapper(layer, **kwargs)
     kwargs.pop("preserve_sparsity", None)
     kwargs.pop("preserve_clusters", None)
-    return PrunedQuantizeWrapper(
+    wrapper = PrunedQuantizeWrapper(
         layer,
         schedule=source.schedule,
         structure=source.structure,
         calls_per_step=source.calls_per_step,
         **kwargs,
     )
+    # Not a tracked attribute: the source must not become a sublayer.
+    object.__setattr__(wrapper, "_carried_from", source)
+    return wrapper
 
 
-def carry_state(wrappers: list, sources: dict[int, PruneLowMagnitude]) -> None:
-    """Copy masks and step of each source wrapper into its new QAT wrapper.
-
-    `wrappers` are `quantize`'s `(new wrapper, original layer)` pairs;
-    `sources` maps `id(original layer)` to the pruning wrapper it came from.
-    """
-    for wrapper, original in wrappers:
-        source = sources.get(id(original))
+def carry_state(model: keras.Model) -> None:
+    """Copy masks and step of each source wrapper into its new QAT wrapper."""
+    for wrapper in graph.all_layers(model):
+        source = getattr(wrapper, "_carried_from", None)
         if source is None:
             continue
-        kernel = source.layer.kernel
-        index = [id(v) for v, _ in source._pruned].index(id(kernel))
+        object.__delattr__(wrapper, "_carried_from")
+        index = [id(v) for v, _ in source._pruned].index(id(source.layer.kernel))
         wrapper.masks[0].assign(keras.ops.convert_to_numpy(source.masks[index]))
         wrapper.pruning_step.assign(keras.ops.convert_to_numpy(source.pruning_step))
 
 
+# Layer kinds `quantize` turns into one QuantizeWrapper around the layer.
+_WRAPPED_KINDS = ("per_channel", "depthwise", "per_tensor")
+
+
 def _float_warning(names: list[str]) -> None:
     warnings.warn(
-        "quantize: these pruned layers stay float in the QAT model (kept by "
-        "`skip`, or not a Conv/Depthwise/Dense kernel QAT fuses), so their "
-        "pruning stops here: they are stripped at their current masks and "
-        f"their zeros are not kept while the QAT model trains: {names}. "
-        "Quantize them, or strip and freeze them (`trainable=False`).",
+        "quantize: pruning cannot continue inside QAT for these layers (kept "
+        "float by `skip`, or not a Conv/DepthwiseConv/Dense that QAT wraps "
+        "whole): they are stripped at their current masks and their zeros "
+        f"are not kept while the QAT model trains: {names}. Quantize them, "
+        "or finish their pruning and freeze them (`trainable=False`).",
         TfaccelWarning,
         stacklevel=4,
     )
 
 
 def carry_pruning(
-    model: keras.Model, skip: graph.Selector, quantizable
+    model: keras.Model, skip: graph.Selector
 ) -> tuple[keras.Model, dict[int, PruneLowMagnitude]]:
     """`model` with its pruning wrappers unwrapped or stripped for `quantize`.
 
     A `PruneLowMagnitude` whose schedule is not finished, around a layer
-    `quantizable(layer)` accepts and `skip` does not select, is unwrapped
+    `quantize` wraps whole (Conv, DepthwiseConv, Dense) and `skip` does not
+    select, is unwrapped
     to a copy of its layer holding the *unmasked* weights; the returned
     dict maps that copy's id to the wrapper, whose schedule, masks and step
     `quantize_wrapper` and `carry_state` carry into the QAT wrapper. Every
@@ -289,10 +297,12 @@ def carry_pruning(
         )
 
     def stays_float(w):
-        return bool(skip(w) or skip(w.layer)) or not quantizable(w.layer)
+        return bool(skip(w) or skip(w.layer)) or (
+            quantize_kind(w.layer) not in _WRAPPED_KINDS
+        )
 
     carried = {id(w) for w in unfinished if not stays_float(w)}
-    floating = [w.name for w in wrappers if stays_float(w)]
+    floating = [w.name for w in wrappers if stays_float(w)]  # no fixed mask
     if floating:
         _float_warning(floating)
     if not carried:

@@ -36,11 +36,6 @@ def _strip_pruning(model):
     return strip_pruning(model) if pruning_wrappers(model) else model
 
 
-def _carry_pruning(model, skip):
-    """Pruning wrappers: unfinished schedules carried into QAT, others stripped."""
-    return carry_pruning(model, skip, lambda layer: quantize_kind(layer) in _KERNEL_KINDS)
-
-
 class _Planner:
     """Decides, per operation of the original graph, what it becomes."""
 
@@ -205,8 +200,10 @@ def quantize(
     TFLite runs as separate ops become `QuantizedActivation`s. Train it with
     `fit` as usual, then convert it with `Optimize.DEFAULT`: the converter
     makes int8 kernels from the fake-quant ops, no representative data set
-    needed. Pruned models are stripped first, and weights that are zero stay
-    exactly zero (a fixed mask per kernel). A clustered kernel (see
+    needed. A model pruned with `tfaccel.prune` keeps pruning inside QAT
+    while its schedule is unfinished (`PrunedQuantizeWrapper`: one `fit`
+    for both); a finished one is stripped first, and weights that are zero
+    stay exactly zero (a fixed mask per kernel). A clustered kernel (see
     `tfaccel.cluster`; at most 255 distinct nonzero values, an eighth of
     the entries repeating one, see `kernel_clusters`) keeps its clusters: its centroids train with
     fixed assignments and its int8 kernel stays on as many values
@@ -264,7 +261,7 @@ def quantize(
             "export it; to quantize again, start from the float model."
         )
     skip_fn = graph.selector(skip, "skip")
-    model, pruning = _carry_pruning(model, skip_fn)
+    model, pruning = carry_pruning(model, skip_fn)  # unfinished: kept running
     source = graph.read(model)
     planner = _Planner(skip_fn)
     planner.plan(source)
@@ -284,7 +281,7 @@ def quantize(
             wrapper.mask.assign((kernel != 0).astype("float32"))
         if wrapper.preserve_clusters:
             wrapper.set_clusters()  # from the copied kernel
-    carry_state(rewrite.wrappers, pruning)  # masks and steps of running schedules
+    carry_state(new_model)  # masks and steps of the schedules kept running
     if calibration_data is not None:
         calibrate(new_model, calibration_data, batch_size=calibration_batch_size)
     return new_model
