@@ -196,6 +196,61 @@ def summarize(rows: list[dict]) -> dict:
     return {"mean": mean, "stdev": std}
 
 
+_LABELS = {
+    "three_phase": "three-phase: prune + fit, strip, quantize + fit",
+    "one_fit": "one fit: quantize(prune(dense))",
+    "one_fit_distilled": "one fit + distillation (dense teacher)",
+}
+
+
+def render_one_fit(d: dict) -> list[str]:
+    """Markdown lines of the BENCHMARKS.md section (used by run_all.py)."""
+    out = ["## One fit: prune 80% + QAT (+ distillation) vs three phases", ""]
+    cmd = ("`.venv/bin/python benchmarks/one_fit.py "
+           "--out benchmarks/results/one_fit.json`")
+    g = (d or {}).get("digits") or {}
+    if not d or "error" in g or "mean" not in g:
+        why = "not run" if not d else (g.get("error") or "no result")
+        return out + [f"n/a ({why.splitlines()[0][:120]}): {cmd}", ""]
+    mean, std, n = g["mean"], g["stdev"], len(g["seeds"])
+
+    def ms(key, kind="pct"):
+        v, s_ = mean.get(key), std.get(key)
+        if v is None:
+            return "n/a"
+        if kind == "pts":
+            return f"{v:+.2f} pts (± {s_:.2f})"
+        return f"{100 * v:.2f}% (± {100 * s_:.2f})"
+
+    rec = d.get("recipe", {})
+    out += [f"Digits CNN from the same dense model (float {ms('dense_acc')}); "
+            f"schedule {rec.get('schedule')}; three-phase: {rec.get('three_phase')}; "
+            f"one fit: {rec.get('one_fit')}; distilled: {rec.get('one_fit_distilled')}. "
+            f"Mean (± sd) over {n} seeds; differences paired by seed. Kernel "
+            "sparsity is the least sparse CONV_2D / FULLY_CONNECTED int8 weight of "
+            "the file; int8 share is the int8 fraction of its compute ops.", ""]
+    rows = []
+    for name in VARIANTS:
+        delta = ("-" if name == "three_phase"
+                 else ms(f"{name}_minus_three_phase_points", "pts"))
+        rows.append([_LABELS[name], ms(f"{name}_int8_acc"), delta,
+                     ms(f"{name}_qat_keras_acc"), ms(f"{name}_kernel_sparsity_min"),
+                     ms(f"{name}_int8_share")])
+    out += ["| variant | int8 file accuracy | vs three-phase | QAT Keras accuracy | "
+            "kernel sparsity (min) | int8 share |", "|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    goal = mean.get("one_fit_minus_three_phase_points")
+    met = "n/a" if goal is None else ("yes" if goal >= -0.3 else "**no**")
+    out += ["", f"Goal (one fit within 0.3 point of three-phase, int8 file): {met}. "
+            f"Reproduce: {cmd}; load average {get_load(d)}.", ""]
+    return out
+
+
+def get_load(d: dict) -> str:
+    start = (d.get("env") or {}).get("loadavg") or "n/a"
+    return f"{start} at start -> {d.get('loadavg_end') or 'n/a'} at end"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON here too")

@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
 
 PY = ".venv/bin/python"
@@ -39,6 +40,7 @@ BENCHES = {
     "peer_keras_quantize": "benchmarks/peer_keras_quantize.py",
     "pruning_callback": "benchmarks/pruning_callback.py",
     "clustering": "benchmarks/clustering.py",
+    "one_fit": "benchmarks/one_fit.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -54,6 +56,7 @@ QUICK = {
     "peer_keras_quantize": ["--seeds", "0"],
     "pruning_callback": ["--seeds", "0", "--repeats", "5"],
     "clustering": ["--seeds", "0", "--repeats", "3"],
+    "one_fit": ["--seeds", "0"],
 }
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
@@ -279,7 +282,8 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _mobilenet_section(pru, qat, peer)
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
-                      "peer_keras_quantize", "pruning_callback", "clustering")}
+                      "peer_keras_quantize", "pruning_callback", "clustering",
+                      "one_fit")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
@@ -288,6 +292,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += peer_keras_quantize.render_keras_quantize(more["peer_keras_quantize"])
     lines += _pruning_callback_section(more["pruning_callback"])
     lines += _clustering_section(more["clustering"])
+    lines += one_fit.render_one_fit(more["one_fit"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):

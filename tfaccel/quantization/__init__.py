@@ -12,12 +12,14 @@ from tfaccel.quantization.layers import (
     QuantizedActivation,
     QuantizeWrapper,
 )
+from tfaccel.quantization.pruned import PrunedQuantizeWrapper
 from tfaccel.quantization.quantize import calibrate, is_quantized, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation, fake_quant_weight
 from tfaccel.quantization.registry import quantize_kind, register_quantizable
 
 __all__ = [
     "ActivationQuantizer",
+    "PrunedQuantizeWrapper",
     "QuantizeWrapper",
     "QuantizedActivation",
     "calibrate",
