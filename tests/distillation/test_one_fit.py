@@ -30,9 +30,10 @@ def test_pruned_qat_student_distills_in_one_fit(
     x, y = x[:800], y[:800]
     steps_per_epoch, epochs = 800 // 50, 3  # 48 steps
     schedule = PolynomialDecay(0.0, TARGET, begin_step=0, end_step=32, frequency=4)
-    student = tfaccel.quantize(
-        tfaccel.prune(make_cnn((8, 16)), schedule), calibration_data=x[:64]
-    )
+    # The recipe: prune + QAT the dense model, distilling from its float self.
+    dense = make_cnn(TEACHER_FILTERS)
+    dense.set_weights(teacher_weights)
+    student = tfaccel.quantize(tfaccel.prune(dense, schedule), calibration_data=x[:64])
     wrappers = pruning_wrappers(student)
     assert [type(w) for w in wrappers] == [PrunedQuantizeWrapper] * 3
     teacher = _teacher(teacher_weights)
@@ -41,7 +42,7 @@ def test_pruned_qat_student_distills_in_one_fit(
     d = tfaccel.distill(
         student, teacher, alpha=0.3, features=hint, cache_teacher=cache_teacher
     )
-    d.compile(keras.optimizers.Adam(3e-3), loss=SCCE(from_logits=True))
+    d.compile(keras.optimizers.Adam(1e-3), loss=SCCE(from_logits=True))
     d.fit(x, y, epochs=epochs, batch_size=50, verbose=0)
 
     # One student forward pass per optimizer step: the pruning steps count
@@ -52,7 +53,7 @@ def test_pruned_qat_student_distills_in_one_fit(
     for key, value in tfaccel.sparsity(d.student).items():
         assert value == pytest.approx(TARGET, abs=0.006), key
     accuracy = np.mean(np.argmax(d.student.predict(xt, verbose=0), -1) == yt)
-    assert accuracy > 0.85
+    assert accuracy > 0.9
 
     # The distiller exports its student: stripped, sparse, fully int8.
     report = tfaccel.export_tflite(
