@@ -40,8 +40,12 @@ def test_one_fit_reaches_the_target_and_the_int8_file_has_it(trained_cnn, digits
     assert len(wrappers) == 3
     assert all(type(w) is PrunedQuantizeWrapper for w in wrappers)
     assert all(w.unfinished() for w in wrappers)  # nothing pruned yet
-    compile_classifier(qat, lr=1e-3).fit(x, y, batch_size=BATCH, epochs=3, verbose=0)
-
+    history = compile_classifier(qat, lr=1e-3).fit(
+        x, y, batch_size=BATCH, epochs=3, verbose=0,
+        callbacks=[tfaccel.callbacks.PruningSummary()],
+    )
+    logged = {k: v[-1] for k, v in history.history.items() if k.startswith("sparsity/")}
+    assert len(logged) == 3 and all(v == pytest.approx(TARGET, abs=0.006) for v in logged.values())
     assert [w.steps_done() for w in wrappers] == [total] * 3
     assert all(w.unfinished() is None for w in wrappers)
     values = tfaccel.sparsity(qat)
