@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import distillation  # noqa: E402
 import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
 
@@ -288,6 +289,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
     lines += _distillation_section(more["distillation"])
+    lines += distillation.render_few_labels(more["distillation"])
     lines += _distribute_section(more["distribute"])
     lines += peer_keras_quantize.render_keras_quantize(more["peer_keras_quantize"])
     lines += _pruning_callback_section(more["pruning_callback"])
