@@ -234,3 +234,32 @@ def test_pruning_options_cannot_mix_with_fixed_masks():
         PrunedQuantizeWrapper(
             keras.layers.Dense(2), ConstantSparsity(0.5), preserve_sparsity=True
         )
+
+
+def _depthwise_cnn():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def test_depthwise_under_mixed_precision_in_one_fit(digits, tmp_path):
+    x, y, xt, _ = digits
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        schedule = ConstantSparsity(0.5, begin_step=1, end_step=15, frequency=5)
+        qat = tfaccel.quantize(tfaccel.prune(_depthwise_cnn(), schedule), x[:64])
+        compile_classifier(qat).fit(x[:640], y[:640], batch_size=32, epochs=1, verbose=0)
+        assert all(v == 0.5 for v in tfaccel.sparsity(qat).values())
+        report = tfaccel.export_tflite(qat, tmp_path / "dw.tflite", "int8",
+                                       verification_data=xt)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert report.ops["DEPTHWISE_CONV_2D"] == {"int8": 1}
+    assert report.int8_coverage == 1.0 and report.agreement >= 0.99
+    assert sorted(report.tensor_sparsity.values()) == [0.5, 0.5, 0.5]
