@@ -13,7 +13,7 @@ from tests.tiny_models import make_cnn, make_mlp
 from tfaccel import TfaccelWarning
 from tfaccel.pruning import PruneLowMagnitude, pruning_wrappers
 from tfaccel.quantization import QuantizeWrapper
-from tfaccel.quantization.pruned import PrunedQuantizeWrapper
+from tfaccel.quantization.pruned import PrunedQuantizeWrapper, prune_quantized
 from tfaccel.schedules import ConstantSparsity, PolynomialDecay
 
 TARGET = 0.8
@@ -263,3 +263,27 @@ def test_depthwise_under_mixed_precision_in_one_fit(digits, tmp_path):
     assert report.ops["DEPTHWISE_CONV_2D"] == {"int8": 1}
     assert report.int8_coverage == 1.0 and report.agreement >= 0.99
     assert sorted(report.tensor_sparsity.values()) == [0.5, 0.5, 0.5]
+
+
+def test_pruning_a_quantized_model_trains_like_quantizing_a_pruned_one(trained_cnn, digits):
+    x, y = digits[0][:320], digits[1][:320]
+    schedule = PolynomialDecay(0.0, 0.6, begin_step=0, end_step=8, frequency=2)
+    qat = tfaccel.quantize(trained_cnn, calibration_data=x[:64])
+    after = prune_quantized(qat, schedule, layers=[keras.layers.Conv2D])
+    assert [type(w) for w in pruning_wrappers(after)] == [PrunedQuantizeWrapper] * 2
+    np.testing.assert_allclose(after.predict(x, verbose=0), qat.predict(x, verbose=0))
+    before = tfaccel.quantize(
+        tfaccel.prune(trained_cnn, schedule, layers=keras.layers.Conv2D),
+        calibration_data=x[:64],
+    )
+    for model in (after, before):
+        keras.utils.set_random_seed(0)
+        compile_classifier(model).fit(x, y, batch_size=32, epochs=1, shuffle=False,
+                                      verbose=0)
+    assert tfaccel.sparsity(after) == tfaccel.sparsity(before)
+    for a, b in zip(pruning_wrappers(after), pruning_wrappers(before)):
+        np.testing.assert_array_equal(np.asarray(a.masks[0]), np.asarray(b.masks[0]))
+    with pytest.raises(ValueError, match="already pruned"):
+        prune_quantized(after)
+    with pytest.raises(ValueError, match="prune channels before `quantize`"):
+        prune_quantized(qat, structure="channels")

@@ -15,6 +15,10 @@ stripping gives a plain `QuantizeWrapper` whose fixed mask
 (`preserve_sparsity`) keeps the zeros, and export writes the sparse int8
 file.
 
+`prune_quantized` does the same from the other side (a QAT model pruned
+afterwards); `tfaccel.prune` of a QAT model does not call it yet and
+raises.
+
 A wrapper whose schedule is finished is stripped before quantization as
 before (its zeros kept by the fixed mask): nothing is left to run. What
 cannot continue inside QAT is never dropped silently: channel pruning
@@ -41,9 +45,15 @@ from tfaccel.pruning.registry import prunable_weights
 from tfaccel.pruning.wrapper import PruneLowMagnitude, fits_pattern
 from tfaccel.quantization.layers import QuantizeWrapper
 from tfaccel.quantization.registry import quantize_kind
-from tfaccel.schedules import PruningSchedule, check_schedule
+from tfaccel.schedules import PruningSchedule, check_schedule, default_schedule
 
-__all__ = ["PrunedQuantizeWrapper", "carry_pruning", "carry_state", "quantize_wrapper"]
+__all__ = [
+    "PrunedQuantizeWrapper",
+    "carry_pruning",
+    "carry_state",
+    "prune_quantized",
+    "quantize_wrapper",
+]
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
@@ -333,3 +343,87 @@ def carry_pruning(
         return Replacement(inner, weights=[(wrapper.layer, inner)])
 
     return graph.rebuild(model, plan), sources
+
+
+def prune_quantized(
+    model: keras.Model,
+    schedule: PruningSchedule | None = None,
+    structure: str = "unstructured",
+    layers: graph.LayerSelector = None,
+) -> keras.Model:
+    """`prune` for a quantization-aware model: its kernels prune inside QAT.
+
+    Each selected `QuantizeWrapper` becomes a `PrunedQuantizeWrapper` with
+    the same weights, ranges and BatchNorm statistics, so that
+    `prune(quantize(model))` trains like `quantize(prune(model))`. A
+    wrapper's fixed mask (`preserve_sparsity`) seeds the pruning mask:
+    those weights stay pruned.
+
+    Args:
+        model: a model from `tfaccel.quantize`.
+        schedule: a `tfaccel.schedules.PruningSchedule` (default
+            `ConstantSparsity(0.5, begin_step=1)`).
+        structure: `"unstructured"` or `"N:M"`; channel pruning must come
+            before `quantize`.
+        layers: which `QuantizeWrapper`s, by the wrapper or the layer it
+            wraps (see `tfaccel.graph.selector`); None for all.
+
+    Returns:
+        A new Keras model.
+
+    Raises:
+        ValueError: for `structure="channels"`, a model already pruned, or
+            no selected `QuantizeWrapper` (cluster-preserving ones excluded).
+    """
+    if structure == "channels":
+        raise ValueError(
+            "Channel pruning changes shapes: prune channels before `quantize` "
+            "(prune, fit, strip_pruning, then quantize). Received: "
+            "structure='channels' for a quantization-aware model"
+        )
+    parse_structure(structure)
+    schedule = check_schedule(default_schedule() if schedule is None else schedule)
+    already = [w.name for w in pruning_wrappers(model)]
+    if already:
+        raise ValueError(
+            f"Layers {already} are already pruned. Call `strip_pruning(model)` "
+            "first to prune them again."
+        )
+    selected = graph.selector(layers, "layers")
+    chosen = {
+        id(w)
+        for w in graph.all_layers(model)
+        if type(w) is QuantizeWrapper
+        and not w.preserve_clusters
+        and (selected.empty or selected(w) or selected(w.layer))
+    }
+    if not chosen:
+        raise ValueError(
+            f"No quantization-aware Conv/Dense layer selected in model "
+            f"'{model.name}' (QuantizeWrapper layers; cluster-preserving ones "
+            f"cannot prune). Received: layers={layers!r}"
+        )
+
+    def plan(node, graph_):
+        old = node.operation
+        if id(old) not in chosen:
+            return None
+        config = old.get_config()
+        fixed = config.pop("preserve_sparsity", False)
+        config.pop("preserve_clusters", None)
+        config.update(
+            schedule=keras.saving.serialize_keras_object(schedule),
+            structure=structure,
+            calls_per_step=len(graph_.calls(old)),
+        )
+        new = PrunedQuantizeWrapper.from_config(config)
+        new.build_from_config(old.get_build_config())
+        new.layer.set_weights(old.layer.get_weights())
+        if old.batch_norm is not None:
+            new.batch_norm.set_weights(old.batch_norm.get_weights())
+        new.output_quantizer.set_weights(old.output_quantizer.get_weights())
+        if fixed:
+            new.masks[0].assign(keras.ops.convert_to_numpy(old.mask))
+        return new
+
+    return graph.rebuild(model, plan)
