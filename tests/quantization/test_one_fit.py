@@ -13,7 +13,8 @@ from tests.tiny_models import make_cnn, make_mlp
 from tfaccel import TfaccelWarning
 from tfaccel.pruning import PruneLowMagnitude, pruning_wrappers
 from tfaccel.quantization import QuantizeWrapper
-from tfaccel.quantization.pruned import PrunedQuantizeWrapper, prune_quantized
+from tfaccel.quantization.pruned import PrunedQuantizeWrapper
+from tfaccel.quantization.pruned_plans import prune_quantized
 from tfaccel.schedules import ConstantSparsity, PolynomialDecay
 
 TARGET = 0.8

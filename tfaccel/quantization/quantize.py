@@ -16,7 +16,11 @@ from tfaccel.quantization.layers import (
     QuantizedActivation,
     QuantizeWrapper,
 )
-from tfaccel.quantization.pruned import carry_pruning, carry_state, quantize_wrapper
+from tfaccel.quantization.pruned_plans import (
+    carry_pruning,
+    carry_state,
+    quantize_wrapper,
+)
 from tfaccel.quantization.registry import (
     _activation_name,
     fusable_activation,
