@@ -19,11 +19,23 @@ For each seed, on scikit-learn's real digits:
    sizes of the teacher float32, student float32 and pipeline int8 files;
    the same pipeline pruning only the Dense layer, for reference.
 
+5. few labels (`--sections few_labels`): the teacher learns from 700
+   labelled training digits; the student's pool is the other 700, of which
+   100 keep their labels and the teacher labels the other 600. The (4, 8)
+   student, from the same initial weights, trains (a) alone on the 100
+   labelled digits (repeated: the same number of steps), (b) on all 700
+   with the teacher's hard labels for the rest
+   (pseudo-labels, plain `fit`), (c) the same distilled (soft targets,
+   `alpha=0.5`, `cache_teacher=True`); then each is quantized, fine-tuned
+   3 epochs the same way and exported int8.
+
 Figures are means over seeds, reported whichever way they point.
 
 Usage:
 
     .venv/bin/python benchmarks/distillation.py --out benchmarks/results/distillation.json
+    .venv/bin/python benchmarks/distillation.py --sections few_labels \
+        --out benchmarks/results/distillation.json   # keeps the digits section
 
 Prints one JSON object to stdout (progress goes to stderr).
 """
@@ -39,7 +51,6 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -253,30 +264,161 @@ def summarize(rows: list[dict]) -> dict:
             "pipeline_student_params": rows[0]["pipeline_student_params"]}
 
 
+# Few labels: the teacher learns from 700 labelled digits; the student's pool
+# is the other 700, LABELS of them labelled; the teacher labels the rest.
+LABELS = 100
+FEW_LABEL_KEYS = ("alone_acc", "pseudo_acc", "distilled_acc", "alone_int8_acc",
+                  "pseudo_int8_acc", "distilled_int8_acc",
+                  "distilled_minus_alone_points", "distilled_minus_pseudo_points",
+                  "distilled_int8_minus_alone_int8_points",
+                  "distilled_int8_minus_pseudo_int8_points")
+
+
+def few_labels_seed(data, seed: int, workdir: str, log) -> dict:
+    """Student alone on LABELS labels vs teacher-labelled rest, hard or distilled.
+
+    The teacher learns from half of the training digits (its labelled set);
+    the student's pool is the other half, LABELS of them labelled: the
+    teacher's labels for the rest are its predictions, not memorized labels.
+    """
+    import keras
+
+    import tfaccel
+
+    x_all, y_all, x_test, y_test = data
+    half = len(x_all) // 2
+    res: dict = {"seed": seed}
+    keras.utils.set_random_seed(seed)
+    teacher = common.compile_classifier(
+        common.make_cnn(keras, TEACHER_FILTERS, name="teacher"), keras)
+    teacher.fit(x_all[:half], y_all[:half], epochs=EPOCHS, batch_size=common.BATCH,
+                verbose=0)
+    teacher.trainable = False
+    res["teacher_acc"] = common.accuracy(teacher, x_test, y_test)
+    x_train, y_train = x_all[half:], y_all[half:]
+    labelled = np.random.default_rng(seed).permutation(len(x_train))[:LABELS]
+    # The labels a user has, and the teacher's labels for the rest.
+    y_mixed = np.argmax(teacher.predict(x_train, verbose=0), -1).astype("int32")
+    y_mixed[labelled] = y_train[labelled]
+    res["teacher_label_acc_on_unlabelled"] = float(np.mean(
+        np.delete(y_mixed, labelled) == np.delete(y_train, labelled)))
+    keras.utils.set_random_seed(3000 + seed)
+    initial = common.make_cnn(keras, PIPELINE_FILTERS, name="student").get_weights()
+
+    def student():
+        model = common.make_cnn(keras, PIPELINE_FILTERS, name="student")
+        model.set_weights(initial)
+        return model
+
+    # Every arm takes the same number of optimizer steps.
+    repeat = len(x_train) // LABELS
+    x_few, y_few = np.repeat(x_train[labelled], repeat, 0), np.repeat(y_train[labelled], repeat)
+
+    def plain(model, x, y, epochs, lr):
+        common.compile_classifier(model, keras, lr=lr)
+        model.fit(x, y, epochs=epochs, batch_size=common.BATCH, verbose=0)
+        return model
+
+    arms = {
+        "alone": lambda m, e, lr: plain(m, x_few, y_few, e, lr),
+        "pseudo": lambda m, e, lr: plain(m, x_train, y_mixed, e, lr),
+        "distilled": lambda m, e, lr: _distill_fit(m, teacher, x_train, y_mixed, e, lr),
+    }
+    for name, train in arms.items():
+        model = train(student(), EPOCHS, common.LR)
+        res[f"{name}_acc"] = common.accuracy(model, x_test, y_test)
+        qat = train(tfaccel.quantize(model, calibration_data=x_train[:256]), QAT_EPOCHS,
+                    common.QAT_LR)
+        exported = _int8(qat, os.path.join(workdir, f"few_{name}_{seed}.tflite"),
+                         x_test, y_test)
+        res[f"{name}_int8_acc"] = exported["acc"]
+    for kind in ("", "_int8"):
+        for other in ("alone", "pseudo"):
+            res[f"distilled{kind}_minus_{other}{kind}_points"] = round(
+                100 * (res[f"distilled{kind}_acc"] - res[f"{other}{kind}_acc"]), 3)
+    log(f"few labels seed {seed}: teacher {res['teacher_acc']:.4f} | alone "
+        f"{res['alone_acc']:.4f} pseudo {res['pseudo_acc']:.4f} distilled "
+        f"{res['distilled_acc']:.4f} | int8 {res['alone_int8_acc']:.4f} "
+        f"{res['pseudo_int8_acc']:.4f} {res['distilled_int8_acc']:.4f}")
+    keras.backend.clear_session()
+    return res
+
+
+def _digits(seeds, data, workdir, log) -> dict:
+    rows = [digits_seed(data, seed, workdir, log) for seed in seeds]
+    return {"seeds": rows, **summarize(rows)}
+
+
+def _few_labels(seeds, data, workdir, log) -> dict:
+    rows = [few_labels_seed(data, seed, workdir, log) for seed in seeds]
+    mean = {k: round(statistics.mean(r[k] for r in rows), 5) for k in FEW_LABEL_KEYS}
+    std = {k: round(statistics.stdev(r[k] for r in rows), 5) if len(rows) > 1 else 0.0
+           for k in FEW_LABEL_KEYS}
+    wins = sum(r["distilled_acc"] > r["pseudo_acc"] for r in rows)
+    label_acc = statistics.mean(r["teacher_label_acc_on_unlabelled"] for r in rows)
+    return {"seeds": rows, "mean": mean, "stdev": std, "labels": LABELS,
+            "teacher_label_acc": round(label_acc, 5),
+            "distilled_beats_pseudo_seeds": f"{wins}/{len(rows)}"}
+
+
+def render_few_labels(d: dict) -> list[str]:
+    """Markdown lines of the few-labels section of BENCHMARKS.md (run_all.py)."""
+    out = ["## Distillation that pays: few labels, the teacher labels the rest", ""]
+    cmd = ("`.venv/bin/python benchmarks/distillation.py --sections few_labels "
+           "--out benchmarks/results/distillation.json`")
+    g = (d or {}).get("few_labels") or {}
+    if "mean" not in g:
+        return out + [f"n/a ({(g.get('error') or 'not run')[:120]}): {cmd}", ""]
+    mean, std, n = g["mean"], g["stdev"], len(g["seeds"])
+
+    def ms(key, pts=False):
+        v, s_ = mean[key], std[key]
+        return f"{v:+.2f} pts (± {s_:.2f})" if pts else f"{100 * v:.2f}% (± {100 * s_:.2f})"
+
+    out += ["A (8, 16) teacher learns from 700 labelled training digits; the "
+            f"student's pool is the other 700, {g['labels']} of them labelled, the "
+            "teacher labelling the rest (its labels "
+            f"{100 * g.get('teacher_label_acc', 0):.1f}% right). The (4, 8) student, same "
+            "initial weights in every arm, the same number of steps; int8 = quantize, "
+            f"{QAT_EPOCHS}-epoch fine-tune the same way, int8 file. Mean (± sd) over "
+            f"{n} seeds; distilled beat pseudo-labels (float) on "
+            f"{g['distilled_beats_pseudo_seeds']} seeds. Reproduce: {cmd}.", ""]
+    rows = [[label, ms(f"{arm}_acc"), ms(f"{arm}_int8_acc")] for arm, label in (
+        ("alone", f"alone on the {g['labels']} labels"),
+        ("pseudo", "+ teacher's hard labels for the rest (plain fit)"),
+        ("distilled", f"+ the same, distilled (T={TEMPERATURE}, alpha={ALPHA})"))]
+    rows += [[f"distilled minus {other}", ms(f"distilled_minus_{other}_points", True),
+              ms(f"distilled_int8_minus_{other}_int8_points", True)]
+             for other in ("alone", "pseudo")]
+    out += ["| student | float (Keras) | int8 file |", "|---|---|---|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON here too")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    # Accepted for run_all.py's --quick/--sections; this benchmark has one section.
     parser.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--sections", default="digits", help=argparse.SUPPRESS)
+    parser.add_argument("--sections", default="digits,few_labels",
+                        help="comma-separated subset of digits,few_labels; with "
+                        "--out, the sections not run are kept from that file")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     log = common.Clock("distillation")
     result: dict = {"benchmark": "distillation", "command": common.command_line(),
                     "env": common.env_info(), "recipe": recipe()}
     data = common.load_digits_split()
-    rows: list[dict] = []
-    try:
-        with tempfile.TemporaryDirectory() as workdir:
-            for seed in seeds:
-                rows.append(digits_seed(data, seed, workdir, log))
-        result["digits"] = {"seeds": rows, **summarize(rows)}
-    except Exception as e:  # noqa: BLE001 - report what ran, and the error
-        log(f"failed: {type(e).__name__}: {e}")
-        result["digits"] = {"seeds": rows, "error": f"{type(e).__name__}: {str(e)[:500]}",
-                            "traceback": traceback.format_exc()[-2000:]}
+    sections = [n for n in args.sections.split(",") if n]
+    with tempfile.TemporaryDirectory() as workdir:
+        if "digits" in sections:
+            common.guard_section("digits", lambda: _digits(seeds, data, workdir, log),
+                                 result, log)
+        if "few_labels" in sections:
+            common.guard_section(
+                "few_labels", lambda: _few_labels(seeds, data, workdir, log), result, log)
     result["elapsed_s"] = log.elapsed()
+    if args.out:
+        result = common.merge_sections(args.out, result, ["digits", "few_labels"])
     common.emit(result, args.out)
     return result
 

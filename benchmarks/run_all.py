@@ -25,6 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import distillation  # noqa: E402
+import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
 import transformers as transformers_bench  # noqa: E402  (benchmarks/transformers.py)
 
@@ -41,6 +43,7 @@ BENCHES = {
     "pruning_callback": "benchmarks/pruning_callback.py",
     "clustering": "benchmarks/clustering.py",
     "transformers": "benchmarks/transformers.py",
+    "one_fit": "benchmarks/one_fit.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -57,6 +60,7 @@ QUICK = {
     "pruning_callback": ["--seeds", "0", "--repeats", "5"],
     "clustering": ["--seeds", "0", "--repeats", "3"],
     "transformers": ["--seeds", "0"],
+    "one_fit": ["--seeds", "0"],
 }
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
@@ -283,16 +287,18 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
                       "peer_keras_quantize", "pruning_callback", "clustering",
-                      "transformers")}
+                      "transformers", "one_fit")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
     lines += _distillation_section(more["distillation"])
+    lines += distillation.render_few_labels(more["distillation"])
     lines += _distribute_section(more["distribute"])
     lines += peer_keras_quantize.render_keras_quantize(more["peer_keras_quantize"])
     lines += _pruning_callback_section(more["pruning_callback"])
     lines += _clustering_section(more["clustering"])
     lines += transformers_bench.render_transformers(more["transformers"])
+    lines += one_fit.render_one_fit(more["one_fit"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):

@@ -18,6 +18,7 @@ from tfaccel.quantization.layers import (
     QuantizedActivation,
     QuantizeWrapper,
 )
+from tfaccel.quantization.pruned import PrunedQuantizeWrapper
 from tfaccel.quantization.quantize import calibrate, is_quantized, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation, fake_quant_weight
 from tfaccel.quantization.registry import (
@@ -29,6 +30,7 @@ from tfaccel.quantization.registry import (
 __all__ = [
     "ActivationQuantizer",
     "QuantizeAffineWrapper",
+    "PrunedQuantizeWrapper",
     "QuantizeWrapper",
     "QuantizedActivation",
     "QuantizedEinsumDense",

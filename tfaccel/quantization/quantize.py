@@ -18,6 +18,11 @@ from tfaccel.quantization.layers import (
     QuantizeWrapper,
 )
 from tfaccel.quantization.lowering import LOWERINGS
+from tfaccel.quantization.pruned_plans import (
+    carry_pruning,
+    carry_state,
+    quantize_wrapper,
+)
 from tfaccel.quantization.registry import (
     _activation_name,
     fusable_activation,
@@ -123,9 +128,10 @@ class _Planner:
 class _Rewrite:
     """The plan over `tfaccel.graph`: what each node of the model becomes."""
 
-    def __init__(self, planner: _Planner, ema_decay: float):
+    def __init__(self, planner: _Planner, ema_decay: float, pruning=None):
         self.planner = planner
         self.ema_decay = ema_decay
+        self.pruning = pruning or {}  # id(layer) -> its PruneLowMagnitude
         self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, kernel)
 
     def quantizer(self, name: str) -> ActivationQuantizer:
@@ -173,7 +179,15 @@ class _Rewrite:
         bn, act, own = self.planner.followers[id(layer)]
         norm = None if bn is None else copy_layer(bn)
         pairs = [] if bn is None else [(bn, norm)]
+        source = self.pruning.get(id(layer))  # a schedule to keep running
         if kind in LOWERINGS:
+            if source is not None:
+                raise ValueError(
+                    f"The pruning schedule of layer '{layer.name}' "
+                    f"({type(layer).__name__}) cannot keep running inside QAT: "
+                    "the layer becomes several int8 ops. Finish the schedule "
+                    "(or call `tfaccel.strip_pruning`) before `quantize`."
+                )
             lowered = LOWERINGS[kind](layer)
             stages = lowered.kernels
             # Built with their share of the weights; the kernel to keep sparse
@@ -196,7 +210,8 @@ class _Rewrite:
             no_clusters = mode == "transpose" or (
                 last and mode == "per_tensor" and bn is not None
             )
-            wrapper = QuantizeWrapper(
+            wrapper = quantize_wrapper(
+                source,
                 inner,
                 batch_norm=norm if last else None,
                 activation=act if last else "linear",
@@ -248,8 +263,10 @@ def quantize(
     1000-class head trains although int8 rounds most probabilities to 0). Train it with
     `fit` as usual, then convert it with `Optimize.DEFAULT`: the converter
     makes int8 kernels from the fake-quant ops, no representative data set
-    needed. Pruned models are stripped first, and weights that are zero stay
-    exactly zero (a fixed mask per kernel). A clustered kernel (see
+    needed. A model pruned with `tfaccel.prune` keeps pruning inside QAT
+    while its schedule is unfinished (`PrunedQuantizeWrapper`: one `fit`
+    for both); a finished one is stripped first, and weights that are zero
+    stay exactly zero (a fixed mask per kernel). A clustered kernel (see
     `tfaccel.cluster`; at most 255 distinct nonzero values, an eighth of
     the entries repeating one, see `kernel_clusters`) keeps its clusters: its centroids train with
     fixed assignments and its int8 kernel stays on as many values
@@ -306,9 +323,9 @@ def quantize(
             "Train it, calibrate it (`tfaccel.quantization.calibrate`) or "
             "export it; to quantize again, start from the float model."
         )
-    model = _strip_pruning(model)
-    source = graph.read(model)
     skip_fn = graph.selector(skip, "skip")
+    model, pruning = carry_pruning(model, skip_fn)  # unfinished: kept running
+    source = graph.read(model)
     planner = _Planner(skip_fn)
     planner.plan(source)
     if planner.errors:
@@ -319,13 +336,14 @@ def quantize(
             "`quantize(model, skip=[<layer name or class>])`, or register a "
             "rule with `tfaccel.quantization.register_quantizable`."
         )
-    rewrite = _Rewrite(planner, ema_decay)
+    rewrite = _Rewrite(planner, ema_decay, pruning)
     new_model = graph.rebuild(model, rewrite, input_layers=rewrite.input_quantizer)
     for wrapper, kernel in rewrite.wrappers:
         if wrapper.preserve_sparsity:
             wrapper.mask.assign((kernel != 0).astype("float32"))
         if wrapper.preserve_clusters:
             wrapper.set_clusters()  # from the copied kernel
+    carry_state(new_model)  # masks and steps of the schedules kept running
     if calibration_data is not None:
         calibrate(new_model, calibration_data, batch_size=calibration_batch_size)
     return new_model

@@ -25,6 +25,19 @@ __all__ = [
 _MIN_WEIGHT_RANGE = 1e-8
 
 
+def _weight_bound(absmax):
+    """The int8 bound of weights whose largest magnitude is `absmax`.
+
+    An all-zero channel (a filter pruned away) gets 1, not a tiny bound:
+    TFLite stores its bias in units of `input_scale * weight_scale`, and a
+    tiny weight scale overflows int32 (the file then disagrees with the
+    model). Its weights are zero on any grid.
+    """
+    return tf.where(
+        absmax > 0, tf.maximum(absmax, _MIN_WEIGHT_RANGE), tf.ones_like(absmax)
+    )
+
+
 def fake_quant_weight(weight, mode: str):
     """Fake-quantize a kernel as TFLite stores int8 weights.
 
@@ -51,13 +64,13 @@ def fake_quant_weight(weight, mode: str):
     """
     weight = tf.convert_to_tensor(weight)
     if mode == "per_tensor":
-        bound = tf.maximum(tf.reduce_max(tf.abs(weight)), _MIN_WEIGHT_RANGE)
+        bound = _weight_bound(tf.reduce_max(tf.abs(weight)))
         return tf.quantization.fake_quant_with_min_max_vars(
             weight, -bound, bound, num_bits=8, narrow_range=True
         )
     if mode == "per_channel":
         axes = list(range(len(weight.shape) - 1))
-        bound = tf.maximum(tf.reduce_max(tf.abs(weight), axis=axes), _MIN_WEIGHT_RANGE)
+        bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             weight, -bound, bound, num_bits=8, narrow_range=True
         )
@@ -65,7 +78,7 @@ def fake_quant_weight(weight, mode: str):
         shape = tf.shape(weight)
         kh, kw, cin, mult = weight.shape
         flat = tf.reshape(weight, [kh, kw, cin * mult])
-        bound = tf.maximum(tf.reduce_max(tf.abs(flat), axis=[0, 1]), _MIN_WEIGHT_RANGE)
+        bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
         flat = tf.quantization.fake_quant_with_min_max_vars_per_channel(
             flat, -bound, bound, num_bits=8, narrow_range=True
         )
