@@ -274,6 +274,7 @@ def test_public_api():
         "ActivationQuantizer",
         "QuantizeAffineWrapper",
         "QuantizeWrapper",
+        "PrunedQuantizeWrapper",
         "QuantizedActivation",
         "QuantizedEinsumDense",
         "QuantizedEmbedding",

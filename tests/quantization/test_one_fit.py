@@ -220,14 +220,19 @@ def test_unfinished_channel_pruning_raises():
         tfaccel.quantize(pruned)
 
 
-def test_prune_after_quantize_raises():
-    """Prune first, then quantize: the order that keeps both in one fit."""
+def test_prune_of_a_quantized_model_prunes_inside_qat_or_says_why_not():
     qat = tfaccel.quantize(tfaccel.prune(make_cnn(), ConstantSparsity(0.5)))
-    with pytest.raises(ValueError, match="'quant_conv2d[_0-9]*' is already pruned"):
+    with pytest.raises(ValueError, match=r"\['quant_conv2d', .*\] are already pruned"):
         tfaccel.prune(qat)
-    # QAT wrappers are not prunable layers: nothing is silently left dense.
-    with pytest.raises(ValueError, match="No prunable layer selected"):
-        tfaccel.prune(tfaccel.quantize(make_cnn()))
+    # A QAT model's kernels are pruned inside QAT, not silently left dense.
+    pruned = tfaccel.prune(tfaccel.quantize(make_cnn()), ConstantSparsity(0.5))
+    wrappers = pruning_wrappers(pruned)
+    assert len(wrappers) == 3
+    assert all(isinstance(w, PrunedQuantizeWrapper) for w in wrappers)
+    with pytest.raises(ValueError, match="prune channels before `quantize`"):
+        tfaccel.prune(tfaccel.quantize(make_cnn()), structure="channels")
+    with pytest.raises(ValueError, match="allocation='erk'"):
+        tfaccel.prune(tfaccel.quantize(make_cnn()), allocation="erk")
 
 
 def test_pruning_options_cannot_mix_with_fixed_masks():

@@ -78,6 +78,11 @@ def prune(
     Returns:
         A new Keras model.
 
+    A model from `tfaccel.quantize` is pruned inside QAT (its kernels' masks
+    go on the float kernel before folding and fake quantization, see
+    `tfaccel.quantization.PrunedQuantizeWrapper`), as `quantize` of a pruned
+    model would; channel pruning must come before `quantize`.
+
     Raises:
         ValueError: for a subclassed model, an unknown `structure` or
             `allocation`, an allocation other than `"uniform"` with N:M or
@@ -96,6 +101,19 @@ def prune(
             "themselves. Use allocation='uniform'. Received: "
             f"structure={structure!r}"
         )
+    from tfaccel.quantization import is_quantized  # quantization imports pruning
+
+    if is_quantized(model):
+        # Prune inside QAT: trains like `quantize(prune(model))`.
+        from tfaccel.quantization.pruned_plans import prune_quantized
+
+        if allocation != "uniform":
+            raise ValueError(
+                "A quantization-aware model is pruned with allocation='uniform'; "
+                "prune with ERK before `quantize`. Received: "
+                f"allocation={allocation!r}"
+            )
+        return prune_quantized(model, schedule, structure, layers)
     if structure == "channels":
         # `prune_channels` copies the layers it rebuilds: `model` is untouched.
         from tfaccel.pruning.channels import prune_channels
