@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import coverage_report  # noqa: E402
 import peer_keras_quantize  # noqa: E402
 
 PY = ".venv/bin/python"
@@ -39,6 +40,7 @@ BENCHES = {
     "peer_keras_quantize": "benchmarks/peer_keras_quantize.py",
     "pruning_callback": "benchmarks/pruning_callback.py",
     "clustering": "benchmarks/clustering.py",
+    "coverage": "benchmarks/coverage.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -54,7 +56,11 @@ QUICK = {
     "peer_keras_quantize": ["--seeds", "0"],
     "pruning_callback": ["--seeds", "0", "--repeats", "5"],
     "clustering": ["--seeds", "0", "--repeats", "3"],
+    "coverage": ["--rows", "nested_sequential,two_io"],
 }
+# Benchmarks that need more than --timeout (seconds): the coverage matrix runs
+# 21 rows, each in its own processes.
+MIN_TIMEOUT = {"coverage": 4 * 3600}
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
 
@@ -279,7 +285,8 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _mobilenet_section(pru, qat, peer)
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
-                      "peer_keras_quantize", "pruning_callback", "clustering")}
+                      "peer_keras_quantize", "pruning_callback", "clustering",
+                      "coverage")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
@@ -288,6 +295,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += peer_keras_quantize.render_keras_quantize(more["peer_keras_quantize"])
     lines += _pruning_callback_section(more["pruning_callback"])
     lines += _clustering_section(more["clustering"])
+    lines += coverage_report.render_coverage(more["coverage"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):
@@ -859,7 +867,8 @@ def main(argv=None) -> None:
             extra = list(QUICK[n]) if args.quick else []
             if args.sections and n in SECTIONED:
                 extra += ["--sections", args.sections]
-            runs.append(run_one(n, extra, args.timeout, args.results_dir))
+            runs.append(run_one(n, extra, max(args.timeout, MIN_TIMEOUT.get(n, 0)),
+                                args.results_dir))
     with open(args.report, "w") as f:
         f.write(render(runs, args.results_dir))
     print(f"[run_all] wrote {args.report}", flush=True)

@@ -1,0 +1,383 @@
+"""The cell machinery of the coverage matrix, shared by both sides.
+
+A row runs in a child process (a converter crash kills the process, and
+must become a recorded cell, not a dead benchmark). The child runs its cells
+one at a time and rewrites a small JSON file after each (`CellRunner`); the
+parent (`run_row`) reads it after the child exits: a cell marked running in
+a dead child is a crash (the signal is recorded), and the cells after it are
+run again in a fresh child. No Keras and no tfaccel here: the tfmot peer
+uses this module too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import common
+import numpy as np
+from coverage_models import take
+
+# Steps of the short fine-tunes and sizes of the data sets (defaults).
+FLOAT_STEPS = 32
+QAT_STEPS = 16
+PRUNE_STEPS = 2
+BATCH = 32
+N_TRAIN = 512
+N_TEST = 128
+N_CALIBRATION = 32
+# Parity of the int8 file with the QAT Keras model (issue 13 "Must show").
+MIN_AGREEMENT = 0.99
+MAX_MAE_OVER_STD = 0.01
+COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
+               "BATCH_MATMUL", "CONV_3D", "UNIDIRECTIONAL_SEQUENCE_LSTM",
+               "BIDIRECTIONAL_SEQUENCE_LSTM")
+# Ops whose float side is the file's boundary, not a float island.
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+def error_line(e: BaseException) -> str:
+    """`Type: first line` of an exception, as a user sees it, and where from.
+
+    Keras and TF wrap errors raised inside a traced call ("in user code:",
+    "Exception encountered when calling layer ..."); the last line of such
+    a message is the actual error, so it is added.
+    """
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if lines and first.startswith(_WRAPPED) and len(lines) > 1:
+        first += " ... " + lines[-1]
+    where = ""
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        path = frame.filename.replace("\\", "/")
+        if "site-packages/" in path:
+            where = path.split("site-packages/", 1)[1].split("/", 1)[0]
+        elif "/tfaccel/" in path:
+            where = "tfaccel"
+        if where:
+            break
+    return f"{type(e).__name__}: {first[:400]}" + (f" [raised in {where}]" if where else "")
+
+
+_WRAPPED = ("in user code", "Exception encountered when calling")
+
+
+class CellRunner:
+    """Runs cells in order; the state goes to `path` after every cell."""
+
+    def __init__(self, path: str, row: str, side: str):
+        self.path = path
+        self.state: dict[str, Any] = {"row": row, "side": side, "cells": {},
+                                      "running": None}
+
+    def write(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, default=common._jsonable)  # noqa: SLF001
+        os.replace(tmp, self.path)
+
+    def setup(self, fn: Callable[[], Any]) -> Any:
+        """Runs the row's set-up (build, float fine-tune); its time is kept."""
+        self.state["running"] = "setup"
+        self.write()
+        t0 = time.perf_counter()
+        value = fn()
+        self.state["setup_s"] = round(time.perf_counter() - t0, 2)
+        self.state["running"] = None
+        self.write()
+        return value
+
+    def run(self, name: str, fn: Callable[[], dict]) -> dict:
+        """`fn()` returns the cell's figures (`status` defaults to "pass")."""
+        self.state["running"] = name
+        self.write()
+        sys.stderr.write(f"[coverage] {self.state['row']}/{self.state['side']}: {name}\n")
+        t0 = time.perf_counter()
+        try:
+            cell = dict(fn())
+            cell.setdefault("status", "pass")
+        except Exception as e:  # noqa: BLE001 - a failed cell is a result
+            cell = {"status": "fail", "error": error_line(e),
+                    "traceback": traceback.format_exc()[-1500:]}
+        cell["seconds"] = round(time.perf_counter() - t0, 2)
+        self.state["cells"][name] = cell
+        self.state["running"] = None
+        self.write()
+        return cell
+
+
+def child_parser(doc: str, cells: Sequence[str]):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--child", required=True, help="the row to run")
+    parser.add_argument("--cells", default=",".join(cells))
+    parser.add_argument("--partial", required=True, help="the state file to write")
+    add_recipe_args(parser)
+    return parser
+
+
+def add_recipe_args(parser) -> None:
+    parser.add_argument("--float-steps", type=int, default=FLOAT_STEPS)
+    parser.add_argument("--qat-steps", type=int, default=QAT_STEPS)
+    parser.add_argument("--train", type=int, default=N_TRAIN)
+    parser.add_argument("--test", type=int, default=N_TEST)
+
+
+def recipe_args(args) -> list[str]:
+    return ["--float-steps", str(args.float_steps), "--qat-steps", str(args.qat_steps),
+            "--train", str(args.train), "--test", str(args.test)]
+
+
+def run_row(script: str, row: str, cells: Sequence[str], timeout: float,
+            extra: Sequence[str] = (), env: dict | None = None) -> dict:
+    """Runs `script --child row` until every cell is recorded or time is up.
+
+    A child that dies inside a cell (a converter segfault, an abort) gets
+    that cell recorded as a crash and the rest run in a new child.
+    """
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"cells": {}, "launches": 0}
+    remaining = list(cells)
+    while remaining:
+        left = timeout - (time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as d:
+            partial = os.path.join(d, "state.json")
+            cmd = [sys.executable, script, "--child", row, "--cells", ",".join(remaining),
+                   "--partial", partial, *extra]
+            result["launches"] += 1
+            try:
+                proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True,
+                                      text=True, timeout=max(left, 1), check=False)
+                rc, tail = proc.returncode, proc.stderr[-3000:]
+            except subprocess.TimeoutExpired as e:
+                rc, tail = "timeout", (e.stderr or b"")[-3000:]
+                tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+            try:
+                with open(partial) as f:
+                    state = json.load(f)
+            except (OSError, ValueError):
+                state = {"cells": {}, "running": "setup"}
+        result["cells"].update(state.get("cells", {}))
+        if state.get("setup"):
+            result["setup"] = state["setup"]
+        if "setup_s" in state:
+            result.setdefault("setup_s", [])
+            result["setup_s"].append(state["setup_s"])
+        running = state.get("running")
+        if rc == 0:
+            break
+        what = _death(rc, tail)
+        if running in (None, "setup"):
+            # Died outside a cell: nothing more can be learned by relaunching.
+            for name in remaining:
+                if name not in result["cells"]:
+                    result["cells"][name] = {"status": "timeout" if rc == "timeout"
+                                             else "crash", "error": f"{what} during "
+                                             f"{running or 'start-up'}"}
+            break
+        result["cells"][running] = {"status": "timeout" if rc == "timeout" else "crash",
+                                    "error": what}
+        if rc == "timeout":
+            for name in remaining:
+                result["cells"].setdefault(name, {"status": "not run",
+                                                  "error": "row timeout"})
+            break
+        remaining = [c for c in remaining if c not in result["cells"]]
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _death(rc, tail: str) -> str:
+    last = [ln for ln in (tail or "").splitlines() if ln.strip()][-1:] or [""]
+    if rc == "timeout":
+        return "timed out (row timeout)"
+    if isinstance(rc, int) and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"process killed by {name}; last stderr line: {last[0][:200]}"
+    return f"process exited {rc}; last stderr line: {last[0][:200]}"
+
+
+# --------------------------------------------------------------------------
+# TFLite files: outputs, ops, parity.
+
+
+def tflite_outputs(path: str, inputs: list[np.ndarray], input_names: Sequence[str],
+                   output_shapes: Sequence[tuple]) -> list[np.ndarray]:
+    """Runs a (multi-input, multi-output) file on float data, dequantized.
+
+    Inputs are matched by name when the signature uses the Keras input
+    names, else in order; outputs are matched to `output_shapes` by shape,
+    then in signature order.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner()
+    in_details, out_details = runner.get_input_details(), runner.get_output_details()
+    names = list(input_names) if set(input_names) == set(in_details) else list(in_details)
+    feed = {}
+    for name, x in zip(names, inputs):
+        d = in_details[name]
+        dtype, (scale, zero) = np.dtype(d["dtype"]), d["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale and not np.issubdtype(
+                x.dtype, np.integer):
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        feed[name] = x.astype(dtype)
+    outs = []
+    n = len(inputs[0])
+    for i in range(n):
+        res = runner(**{k: v[i:i + 1] for k, v in feed.items()})
+        outs.append({k: _dequantize(v, out_details[k]) for k, v in res.items()})
+    merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    free = list(out_details)
+    ordered = []
+    for shape in output_shapes:
+        match = next((k for k in free if merged[k].shape[1:] == tuple(shape)), free[0])
+        free.remove(match)
+        ordered.append(merged[match])
+    return ordered
+
+
+def _dequantize(y: np.ndarray, details: dict) -> np.ndarray:
+    scale, zero = details["quantization"]
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return (y.astype("float32") - zero) * np.float32(scale)
+    return y.astype("float32")
+
+
+def parity(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> dict:
+    """Top-1 agreement (outputs with a class axis) and MAE / output std."""
+    per_output = []
+    for want, have in zip(expected, got):
+        want = np.asarray(want, "float32")
+        have = have.reshape(want.shape)
+        std = float(np.std(want))
+        mae = float(np.mean(np.nan_to_num(np.abs(have - want), nan=np.inf)))
+        item = {"mae": mae, "std": std, "mae_over_std": mae / std if std > 0 else None}
+        if want.ndim >= 2 and want.shape[-1] > 1:
+            item["agreement"] = float(np.mean(have.argmax(-1) == want.argmax(-1)))
+        per_output.append(item)
+    agreements = [o["agreement"] for o in per_output if "agreement" in o]
+    ratios = [o["mae_over_std"] for o in per_output if o["mae_over_std"] is not None]
+    return {"agreement": min(agreements) if agreements else None,
+            "mae_over_std": max(ratios) if ratios else None,
+            "outputs": per_output}
+
+
+def parity_met(p: dict) -> list[str]:
+    """What misses the issue's parity goals (empty when both are met)."""
+    misses = []
+    if p["agreement"] is not None and p["agreement"] < MIN_AGREEMENT:
+        misses.append(f"top-1 agreement {p['agreement']:.1%} < {MIN_AGREEMENT:.0%}")
+    if p["mae_over_std"] is None or not np.isfinite(p["mae_over_std"]):
+        misses.append("MAE/std not finite")
+    elif p["mae_over_std"] > MAX_MAE_OVER_STD:
+        misses.append(f"MAE {p['mae_over_std']:.2%} of output std > "
+                      f"{MAX_MAE_OVER_STD:.0%}")
+    return misses
+
+
+def op_facts(path: str) -> dict:
+    """Op counts, int8 coverage of compute ops and the float ops of a file.
+
+    An op's dtype is its first input's; QUANTIZE / DEQUANTIZE are the
+    file's float boundary and are not float islands.
+    """
+    ops = common.tflite_op_summary(path)
+    compute = {k: v for k, v in ops.items() if k.split("/")[0] in COMPUTE_OPS}
+    total = sum(compute.values())
+    int8 = sum(v for k, v in compute.items() if k.split("/")[1] in ("int8", "uint8",
+                                                                     "int16"))
+    floats = {k: v for k, v in ops.items()
+              if k.split("/")[1] == "float32" and k.split("/")[0] not in BOUNDARY_OPS}
+    return {"ops": ops, "int8_coverage": round(int8 / total, 4) if total else None,
+            "float_ops": floats, "bytes": os.path.getsize(path)}
+
+
+def export_summary(facts: dict, p: dict) -> str:
+    cov = facts["int8_coverage"]
+    parts = [f"int8 {cov:.0%}" if cov is not None else "no compute ops"]
+    if facts["float_ops"]:
+        parts.append("float: " + ", ".join(f"{k.split('/')[0]}x{v}"
+                                           for k, v in sorted(facts["float_ops"].items())))
+    if p.get("agreement") is not None:
+        parts.append(f"agree {p['agreement']:.1%}")
+    if p.get("mae_over_std") is not None:
+        parts.append(f"MAE/std {p['mae_over_std']:.2%}")
+    return "; ".join(parts)
+
+
+def grade(cell: dict, kind: str, parity_goal: bool) -> dict:
+    """An export cell's status: float ops the report does not name, and (for
+    QAT) parity misses, fail a keras.applications row and make a keras.io
+    row partial."""
+    problems = []
+    named = str(cell.get("report_extra") or "")
+    unnamed = [k for k in cell["float_ops"] if k.split("/")[0] not in named]
+    if unnamed:
+        problems.append("float ops" + (" not named in the report" if named else "")
+                        + ": " + ", ".join(unnamed))
+    if parity_goal:
+        problems += parity_met(cell["parity"])
+    if problems:
+        cell.update(status="fail" if kind == "applications" else "partial",
+                    problems=problems)
+    return cell
+
+
+def left_dense(cell: dict, dense: list[str], warned: list[str], structure: str) -> dict:
+    """A pruning cell with weights left dense: 2:4 skipping a layer it cannot
+    take, with a warning, is the designed behaviour; elsewhere a warned skip
+    is a limit and a silent one is partial coverage."""
+    if not dense:
+        return cell
+    listed = ", ".join(dense[:3]) + (", ..." if len(dense) > 3 else "")
+    cell["summary"] += f"; {len(dense)} left dense ({listed})"
+    if warned:
+        cell["summary"] += ", warned"
+        cell["status"] = "pass" if structure == "2:4" else "limit"
+    else:
+        cell["summary"] += ", silently"
+        cell["status"] = "partial"
+    return cell
+
+
+def accuracy(model, data: dict) -> float | None:
+    """Top-1 test accuracy of the first classification output, or None."""
+    outs = model.predict(data["x_test"], verbose=0)
+    out = outs[0] if isinstance(outs, (list, tuple)) else outs
+    y = data["y_test"][0] if isinstance(data["y_test"], list) else data["y_test"]
+    if np.ndim(out) != 2 or np.shape(out)[-1] < 2 or np.ndim(y) != 1:
+        return None
+    return round(float(np.mean(np.argmax(out, -1) == y)), 4)
+
+
+def fit_steps(model, data: dict, steps: int, callbacks: Sequence[Any] = ()):
+    """About `steps` training steps of `BATCH` on the row's data; the first
+    and last epoch's loss."""
+    import math
+
+    n = len(data["y"][0] if isinstance(data["y"], list) else data["y"])
+    want = steps * BATCH
+    x, y = data["x"], data["y"]
+    epochs = 1
+    if want <= n:
+        x, y = take(x, want), take(y, want)
+    else:
+        epochs = math.ceil(want / n)
+    hist = model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, shuffle=False,
+                     callbacks=list(callbacks))
+    loss = hist.history.get("loss") or [float("nan")]
+    return [round(float(loss[0]), 4), round(float(loss[-1]), 4)]
