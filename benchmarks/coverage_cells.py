@@ -70,6 +70,13 @@ def error_line(e: BaseException) -> str:
 _WRAPPED = ("in user code", "Exception encountered when calling")
 
 
+def refused(e: BaseException) -> bool:
+    """tfaccel refused up front (an argument or layer it does not take, named
+    in the message), as opposed to failing on the way (converter, NaN, ...)."""
+    return isinstance(e, (ValueError, TypeError, NotImplementedError)) and (
+        error_line(e).endswith("[raised in tfaccel]"))
+
+
 class CellRunner:
     """Runs cells in order; the state goes to `path` after every cell."""
 
@@ -105,7 +112,7 @@ class CellRunner:
             cell = dict(fn())
             cell.setdefault("status", "pass")
         except Exception as e:  # noqa: BLE001 - a failed cell is a result
-            cell = {"status": "fail", "error": error_line(e),
+            cell = {"status": "refused" if refused(e) else "fail", "error": error_line(e),
                     "traceback": traceback.format_exc()[-1500:]}
         cell["seconds"] = round(time.perf_counter() - t0, 2)
         self.state["cells"][name] = cell
@@ -154,6 +161,7 @@ def run_row(script: str, row: str, cells: Sequence[str], timeout: float,
             cmd = [sys.executable, script, "--child", row, "--cells", ",".join(remaining),
                    "--partial", partial, *extra]
             result["launches"] += 1
+            before = _children_cpu()
             try:
                 proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True,
                                       text=True, timeout=max(left, 1), check=False)
@@ -161,6 +169,7 @@ def run_row(script: str, row: str, cells: Sequence[str], timeout: float,
             except subprocess.TimeoutExpired as e:
                 rc, tail = "timeout", (e.stderr or b"")[-3000:]
                 tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+            result["cpu_s"] = round(result.get("cpu_s", 0) + _children_cpu() - before, 1)
             try:
                 with open(partial) as f:
                     state = json.load(f)
@@ -194,6 +203,14 @@ def run_row(script: str, row: str, cells: Sequence[str], timeout: float,
         remaining = [c for c in remaining if c not in result["cells"]]
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished children (the row's cost on a loaded machine)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _death(rc, tail: str) -> str:

@@ -17,7 +17,7 @@ COLUMNS = [("tfaccel", "prune", "prune"), ("tfaccel", "prune_2_4", "2:4"),
            ("tfmot", "qat_int8", "tfmot QAT -> int8")]
 # The columns both libraries have, for "tfaccel passes what tfmot passes".
 SHARED = ("prune", "prune_2_4", "qat_int8")
-PASSING = ("pass", "limit")
+PASSING = ("pass", "limit", "refused")
 
 
 def _short(cell: dict, column: str) -> str:
@@ -67,11 +67,14 @@ def render_coverage(d: dict) -> list[str]:
         "Every keras.applications family (`weights=None`, smallest input, default "
         "1000-class softmax head) and keras.io-style models, briefly trained on the "
         "digits, through each tfaccel feature, beside tfmot 0.8.1 on the same "
-        "architecture built with tf_keras (its own process). A cell passes, is a "
-        "`limit` (refused or skipped with a warning), `partial` (works, with float ops "
-        "or layers silently left out), or fails with the error a user sees (notes "
-        "below the table). `crash` is a process killed inside the cell (the rest of "
-        "the row ran in a new process).",
+        "architecture built with tf_keras (its own process). A cell passes; is "
+        "`refused` (tfaccel raised up front, naming the layer and what to do) or a "
+        "`limit` (layers skipped with a warning); `partial` (works, with float ops, "
+        "missed parity on a keras.io row, or layers silently left out); or **fails** "
+        "with the error a user sees. The notes under the table give each error's "
+        "first line. **crash** is a process killed inside the cell (the rest of the "
+        "row ran in a new process); 2:4 leaving a stem conv dense with a warning is "
+        "the designed behaviour and passes.",
         "",
         f"Full run: `{COMMAND}`; some rows: `{COMMAND} --rows MobileNet,two_io` "
         "(results merge per row into `benchmarks/results/coverage.json`); "
@@ -88,10 +91,9 @@ def render_coverage(d: dict) -> list[str]:
         for side, column, title in COLUMNS:
             cell = ((r.get(side) or {}).get("cells") or {}).get(column)
             line.append(_cell(cell, column, notes, f"{name} / {title}"))
-        walls = [str((r.get(s) or {}).get("wall_s", "-")) for s in ("tfaccel", "tfmot")]
-        line.append(" / ".join(walls))
+        line.append(" / ".join(_seconds(r.get(s)) for s in ("tfaccel", "tfmot")))
         table.append(line)
-    out += _table(["row"] + [t for _, _, t in COLUMNS] + ["seconds (tfaccel / tfmot)"],
+    out += _table(["row"] + [t for _, _, t in COLUMNS] + ["wall (CPU) s, tfaccel / tfmot"],
                   table)
     if notes:
         out += ["Notes:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)] + [""]
@@ -128,7 +130,7 @@ def _behind_tfmot(rows: dict) -> list[str]:
             mine = ((rows[name].get("tfaccel") or {}).get("cells") or {}).get(column)
             theirs = ((rows[name].get("tfmot") or {}).get("cells") or {}).get(column)
             if theirs and theirs.get("status") == "pass" and (
-                    not mine or mine.get("status") not in PASSING):
+                    not mine or mine.get("status") != "pass"):
                 behind.append(f"{name} {column}")
     if not behind:
         return ["On every keras.applications row run, tfaccel passes each column that "
@@ -136,13 +138,24 @@ def _behind_tfmot(rows: dict) -> list[str]:
     return ["tfmot passes and tfaccel does not: " + ", ".join(behind) + ".", ""]
 
 
+def _seconds(side: dict | None) -> str:
+    if not side:
+        return "-"
+    cpu = side.get("cpu_s")
+    return f"{side.get('wall_s', 0):.0f}" + (f" ({cpu:.0f})" if cpu is not None else "")
+
+
 def _timing(rows: dict) -> list[str]:
-    total = sum((r.get(s) or {}).get("wall_s", 0) for r in rows.values()
-                for s in ("tfaccel", "tfmot"))
+    sides = [r.get(s) or {} for r in rows.values() for s in ("tfaccel", "tfmot")]
+    wall = sum(s.get("wall_s", 0) for s in sides)
+    cpu = sum(s.get("cpu_s", 0) for s in sides)
     times = sorted({r.get("time_utc", "") for r in rows.values()})
+    loads = [r["loadavg"][0] for r in rows.values() if r.get("loadavg")]
     return [f"{len(rows)} of {len(ROWS)} rows recorded, measured {times[0]} to "
-            f"{times[-1]}; their wall time adds up to {total / 60:.1f} min on this "
-            "2-core machine (shared with other jobs).", ""]
+            f"{times[-1]}: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU (child "
+            f"processes) on this 2-core machine, shared with other jobs (1-min load "
+            f"average at the rows' start {min(loads, default=0):.1f}-"
+            f"{max(loads, default=0):.1f}).", ""]
 
 
 def _pct(v, digits: int = 1) -> str:
