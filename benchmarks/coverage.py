@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -31,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import coverage_cells as cc  # noqa: E402
-from coverage_models import ROWS, row_data, take  # noqa: E402
+from coverage_models import ROWS, take  # noqa: E402
 
 CELLS = ("prune", "prune_2_4", "channels", "keras_roundtrip", "qat_int8", "ptq_int8")
 OUT = os.path.join(common.RESULTS_DIR, "coverage.json")
@@ -46,7 +45,7 @@ def _feed(model, x):
     return x
 
 
-class TfaccelRow:
+class TfaccelRow(cc.RowSide):
     """The tfaccel side of one row (runs in the child process)."""
 
     def __init__(self, row, args, workdir: str):
@@ -54,20 +53,13 @@ class TfaccelRow:
 
         import tfaccel
 
-        self.k, self.tfaccel, self.row, self.args = keras, tfaccel, row, args
-        self.workdir = workdir
-        self.data = row_data(row, args.train, args.test)
+        super().__init__(keras, row, args, workdir)
+        self.tfaccel = tfaccel
 
-    def compile(self, model, lr: float = common.LR):
-        model.compile(optimizer=self.k.optimizers.Adam(lr), loss=self.row.loss(self.k))
-        return model
-
-    def setup(self) -> dict:
-        self.k.utils.set_random_seed(0)
-        self.model = self.compile(self.row.build(self.k))
-        loss = cc.fit_steps(self.model, self.data, self.args.float_steps)
-        return {"params": int(self.model.count_params()), "float_loss": loss,
-                "float_test_accuracy": cc.accuracy(self.model, self.data)}
+    def cells(self) -> dict:
+        return {"prune": self.prune, "prune_2_4": lambda: self.prune("2:4"),
+                "channels": self.channels, "keras_roundtrip": self.keras_roundtrip,
+                "qat_int8": self.qat_int8, "ptq_int8": self.ptq_int8}
 
     def _schedule(self):
         return self.tfaccel.schedules.ConstantSparsity(0.5, begin_step=0, frequency=1)
@@ -196,18 +188,7 @@ def _finite(v: float) -> bool:
 
 
 def child(argv) -> None:
-    args = cc.child_parser(__doc__, CELLS).parse_args(argv)
-    row = ROWS[args.child]
-    runner = cc.CellRunner(args.partial, row.name, "tfaccel")
-    with tempfile.TemporaryDirectory() as workdir:
-        side = TfaccelRow(row, args, workdir)
-        runner.state["setup"] = runner.setup(side.setup)
-        runner.write()
-        cells = {"prune": side.prune, "prune_2_4": lambda: side.prune("2:4"),
-                 "channels": side.channels, "keras_roundtrip": side.keras_roundtrip,
-                 "qat_int8": side.qat_int8, "ptq_int8": side.ptq_int8}
-        for name in args.cells.split(","):
-            runner.run(name, cells[name])
+    cc.child_main(argv, __doc__, "tfaccel", TfaccelRow, CELLS)
 
 
 def main(argv=None) -> dict:

@@ -24,7 +24,7 @@ from typing import Any
 
 import common
 import numpy as np
-from coverage_models import take
+from coverage_models import ROWS, row_data, take
 
 # Steps of the short fine-tunes and sizes of the data sets (defaults).
 FLOAT_STEPS = 32
@@ -119,6 +119,44 @@ class CellRunner:
         self.state["running"] = None
         self.write()
         return cell
+
+
+class RowSide:
+    """One library's side of a row, in its child process: the row's data and
+    its model built with Keras module `k` (`keras` or `tf_keras`), trained
+    `float_steps` steps by `setup`. Subclasses list their cells in `cells`."""
+
+    def __init__(self, k, row, args, workdir: str):
+        self.k, self.row, self.args, self.workdir = k, row, args, workdir
+        self.data = row_data(row, args.train, args.test)
+
+    def compile(self, model, lr: float = common.LR):
+        model.compile(optimizer=self.k.optimizers.Adam(lr), loss=self.row.loss(self.k))
+        return model
+
+    def setup(self) -> dict:
+        self.k.utils.set_random_seed(0)
+        self.model = self.compile(self.row.build(self.k))
+        loss = fit_steps(self.model, self.data, self.args.float_steps)
+        return {"params": int(self.model.count_params()), "float_loss": loss,
+                "float_test_accuracy": accuracy(self.model, self.data)}
+
+    def cells(self) -> dict[str, Callable[[], dict]]:
+        raise NotImplementedError
+
+
+def child_main(argv, doc: str, side_name: str, make_side, cells: Sequence[str]) -> None:
+    """The child process of one row: set-up, then each asked-for cell."""
+    args = child_parser(doc, cells).parse_args(argv)
+    row = ROWS[args.child]
+    runner = CellRunner(args.partial, row.name, side_name)
+    with tempfile.TemporaryDirectory() as workdir:
+        side = make_side(row, args, workdir)
+        runner.state["setup"] = runner.setup(side.setup)
+        runner.write()
+        table = side.cells()
+        for name in args.cells.split(","):
+            runner.run(name, table[name])
 
 
 def child_parser(doc: str, cells: Sequence[str]):

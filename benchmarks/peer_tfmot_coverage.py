@@ -21,43 +21,33 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import coverage_cells as cc  # noqa: E402
-from coverage_models import ROWS, row_data  # noqa: E402
 
 CELLS = ("prune", "prune_2_4", "qat_int8")
 
 
-class TfmotRow:
+class TfmotRow(cc.RowSide):
     def __init__(self, row, args, workdir: str):
         import tensorflow_model_optimization as tfmot
         import tf_keras
 
-        self.k, self.tfmot, self.row, self.args = tf_keras, tfmot, row, args
-        self.workdir = workdir
-        self.data = row_data(row, args.train, args.test)
+        super().__init__(tf_keras, row, args, workdir)
+        self.tfmot = tfmot
 
-    def compile(self, model, lr: float = common.LR):
-        model.compile(optimizer=self.k.optimizers.Adam(lr), loss=self.row.loss(self.k))
-        return model
+    def cells(self) -> dict:
+        return {"prune": self.prune, "prune_2_4": lambda: self.prune((2, 4)),
+                "qat_int8": self.qat_int8}
 
     def _copy(self):
         # tfmot wraps the ORIGINAL layer objects: work on an independent copy.
         copy = self.k.models.clone_model(self.model)
         copy.set_weights(self.model.get_weights())
         return copy
-
-    def setup(self) -> dict:
-        self.k.utils.set_random_seed(0)
-        self.model = self.compile(self.row.build(self.k))
-        loss = cc.fit_steps(self.model, self.data, self.args.float_steps)
-        return {"params": int(self.model.count_params()), "float_loss": loss,
-                "float_test_accuracy": cc.accuracy(self.model, self.data)}
 
     def prune(self, m_by_n=None) -> dict:
         sparsity = self.tfmot.sparsity.keras
@@ -99,17 +89,7 @@ class TfmotRow:
 
 
 def child(argv) -> None:
-    args = cc.child_parser(__doc__, CELLS).parse_args(argv)
-    row = ROWS[args.child]
-    runner = cc.CellRunner(args.partial, row.name, "tfmot")
-    with tempfile.TemporaryDirectory() as workdir:
-        side = TfmotRow(row, args, workdir)
-        runner.state["setup"] = runner.setup(side.setup)
-        runner.write()
-        cells = {"prune": side.prune, "prune_2_4": lambda: side.prune((2, 4)),
-                 "qat_int8": side.qat_int8}
-        for name in args.cells.split(","):
-            runner.run(name, cells[name])
+    cc.child_main(argv, __doc__, "tfmot", TfmotRow, CELLS)
 
 
 if __name__ == "__main__":
