@@ -32,7 +32,7 @@ import common  # noqa: E402
 import coverage_cells as cc  # noqa: E402
 from coverage_models import ROWS, take  # noqa: E402
 
-CELLS = ("prune", "prune_2_4", "channels", "keras_roundtrip", "qat_int8", "ptq_int8")
+CELLS = cc.TFACCEL_CELLS
 OUT = os.path.join(common.RESULTS_DIR, "coverage.json")
 ROW_TIMEOUT = 1200
 
@@ -231,13 +231,10 @@ def main(argv=None) -> dict:
         entry["tfaccel"] = cc.run_row(os.path.join(here, "coverage.py"), name, CELLS,
                                       args.timeout, cc.recipe_args(args), env)
         if not args.skip_tfmot:
-            import peer_tfmot_coverage
-
             log(f"{name}: tfmot")
             entry["tfmot"] = cc.run_row(
-                os.path.join(here, "peer_tfmot_coverage.py"), name,
-                peer_tfmot_coverage.CELLS, args.timeout, cc.recipe_args(args),
-                {**env, "TF_USE_LEGACY_KERAS": "1"})
+                os.path.join(here, "peer_tfmot_coverage.py"), name, cc.TFMOT_CELLS,
+                args.timeout, cc.recipe_args(args), {**env, "TF_USE_LEGACY_KERAS": "1"})
         result["rows"][name] = entry
         log(f"{name}: " + ", ".join(f"{c} {v['status']}" for c, v in
                                      entry["tfaccel"]["cells"].items()))

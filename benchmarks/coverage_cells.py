@@ -26,6 +26,11 @@ import common
 import numpy as np
 from coverage_models import ROWS, row_data, take
 
+# The columns of each side (the tfmot side's module sets TF_USE_LEGACY_KERAS
+# on import, so the parent reads its columns from here).
+TFACCEL_CELLS = ("prune", "prune_2_4", "channels", "keras_roundtrip", "qat_int8",
+                 "ptq_int8")
+TFMOT_CELLS = ("prune", "prune_2_4", "qat_int8")
 # Steps of the short fine-tunes and sizes of the data sets (defaults).
 FLOAT_STEPS = 32
 QAT_STEPS = 16

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import coverage_cells as cc  # noqa: E402
 
-CELLS = ("prune", "prune_2_4", "qat_int8")
+CELLS = cc.TFMOT_CELLS
 
 
 class TfmotRow(cc.RowSide):
