@@ -167,6 +167,7 @@ class TfaccelRow(cc.RowSide):
         qat = self.compile(self.tfaccel.quantize(self.model, calib), common.QAT_LR)
         loss = cc.fit_steps(qat, self.data, self.args.qat_steps)
         cell = {"qat_loss": loss, "qat_test_accuracy": cc.accuracy(qat, self.data)}
+        self.note(**cell)
         try:
             cell.update(self._export(qat, os.path.join(self.workdir, "qat.tflite")))
         except Exception as e:

@@ -75,6 +75,7 @@ class TfmotRow(cc.RowSide):
                            common.QAT_LR)
         loss = cc.fit_steps(qat, self.data, self.args.qat_steps)
         cell = {"qat_loss": loss, "qat_test_accuracy": cc.accuracy(qat, self.data)}
+        self.note(**cell)
         path = common.write_bytes(os.path.join(self.workdir, "qat.tflite"),
                                   common.convert_keras(qat, "qat", int8_io=False))
         x_test = self.data["x_test"]

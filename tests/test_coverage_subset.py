@@ -68,7 +68,8 @@ _FAKE_ROW = textwrap.dedent("""
     runner = cc.CellRunner(args.partial, args.child, "fake")
     runner.setup(lambda: None)
     cells = {{"a": lambda: {{"summary": "fine"}},
-             "b": lambda: os.kill(os.getpid(), signal.SIGSEGV),
+             "b": lambda: (runner.note(qat_loss=[2.3, "nan"]),
+                           os.kill(os.getpid(), signal.SIGSEGV)),
              "c": lambda: 1 / 0}}
     for name in args.cells.split(","):
         runner.run(name, cells[name])
@@ -83,6 +84,8 @@ def test_a_crash_is_a_recorded_cell_and_the_row_goes_on(coverage, tmp_path):
     assert cells["a"]["status"] == "pass" and cells["a"]["summary"] == "fine"
     assert cells["b"]["status"] == "crash"
     assert "SIGSEGV" in cells["b"]["error"]
+    # What the cell noted before dying is kept (a NaN loss before a crash).
+    assert cells["b"]["qat_loss"] == [2.3, "nan"]
     # The cell after the crash ran in a second process and failed on its own.
     assert result["launches"] == 2
     assert cells["c"]["status"] == "fail"
