@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,13 +54,14 @@ def error_line(e: BaseException) -> str:
     """`Type: first line` of an exception, as a user sees it, and where from.
 
     Keras and TF wrap errors raised inside a traced call ("in user code:",
-    "Exception encountered when calling layer ..."); the last line of such
-    a message is the actual error, so it is added.
+    "Exception encountered when calling layer ..."); the inner `XError: ...`
+    line of such a message is the actual error, so it is added.
     """
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     first = lines[0] if lines else ""
     if lines and first.startswith(_WRAPPED) and len(lines) > 1:
-        first += " ... " + lines[-1]
+        inner = [ln for ln in lines[1:] if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+        first += " ... " + (inner[-1] if inner else lines[-1])
     where = ""
     for frame in reversed(traceback.extract_tb(e.__traceback__)):
         path = frame.filename.replace("\\", "/")
