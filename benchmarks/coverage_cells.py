@@ -292,10 +292,7 @@ def tflite_outputs(path: str, inputs: list[np.ndarray], input_names: Sequence[st
     names, else in order; outputs are matched to `output_shapes` by shape,
     then in signature order.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = Interpreter(model_path=path).get_signature_runner()
-    in_details, out_details = runner.get_input_details(), runner.get_output_details()
+    in_details, out_details, invoke = _runner(path)
     names = list(input_names) if set(input_names) == set(in_details) else list(in_details)
     feed = {}
     for name, x in zip(names, inputs):
@@ -309,7 +306,7 @@ def tflite_outputs(path: str, inputs: list[np.ndarray], input_names: Sequence[st
     outs = []
     n = len(inputs[0])
     for i in range(n):
-        res = runner(**{k: v[i:i + 1] for k, v in feed.items()})
+        res = invoke({k: v[i:i + 1] for k, v in feed.items()})
         outs.append({k: _dequantize(v, out_details[k]) for k, v in res.items()})
     merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     free = list(out_details)
@@ -319,6 +316,30 @@ def tflite_outputs(path: str, inputs: list[np.ndarray], input_names: Sequence[st
         free.remove(match)
         ordered.append(merged[match])
     return ordered
+
+
+def _runner(path: str):
+    """`(input details, output details, invoke)` by tensor name: the default
+    signature, or the plain tensors of a file without signatures (tf_keras
+    models converted with `from_keras_model` may have none)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path)
+    if interp.get_signature_list():
+        runner = interp.get_signature_runner()
+        return (runner.get_input_details(), runner.get_output_details(),
+                lambda feed: runner(**feed))
+    interp.allocate_tensors()
+    ins = {d["name"]: d for d in interp.get_input_details()}
+    outs = {d["name"]: d for d in interp.get_output_details()}
+
+    def invoke(feed):
+        for name, value in feed.items():
+            interp.set_tensor(ins[name]["index"], value)
+        interp.invoke()
+        return {name: interp.get_tensor(d["index"]) for name, d in outs.items()}
+
+    return ins, outs, invoke
 
 
 def _dequantize(y: np.ndarray, details: dict) -> np.ndarray:
@@ -363,10 +384,11 @@ def parity_met(p: dict) -> list[str]:
 def op_facts(path: str) -> dict:
     """Op counts, int8 coverage of compute ops and the float ops of a file.
 
-    An op's dtype is its first input's; QUANTIZE / DEQUANTIZE are the
-    file's float boundary and are not float islands.
+    An op's dtype is that of its first input that is not an int32/int64
+    shape or index (TRANSPOSE_CONV's first input is its output shape);
+    QUANTIZE / DEQUANTIZE are the file's float boundary, not float islands.
     """
-    ops = common.tflite_op_summary(path)
+    ops = op_summary(path)
     compute = {k: v for k, v in ops.items() if k.split("/")[0] in COMPUTE_OPS}
     total = sum(compute.values())
     int8 = sum(v for k, v in compute.items() if k.split("/")[1] in ("int8", "uint8",
@@ -375,6 +397,22 @@ def op_facts(path: str) -> dict:
               if k.split("/")[1] == "float32" and k.split("/")[0] not in BOUNDARY_OPS}
     return {"ops": ops, "int8_coverage": round(int8 / total, 4) if total else None,
             "float_ops": floats, "bytes": os.path.getsize(path)}
+
+
+def op_summary(path: str) -> dict[str, int]:
+    """Counts of the builtin ops of a file, keyed like 'CONV_2D/int8'."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path)
+    dtypes = {d["index"]: np.dtype(d["dtype"]).name for d in interp.get_tensor_details()}
+    counts: dict[str, int] = {}
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only way to list ops
+        seen = [dtypes.get(int(i)) for i in list(op["inputs"]) + list(op["outputs"])
+                if int(i) >= 0]
+        data = [t for t in seen if t not in (None, "int32", "int64", "bool")]
+        key = f"{op['op_name']}/{(data or seen or ['?'])[0]}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def export_summary(facts: dict, p: dict) -> str:
