@@ -241,6 +241,7 @@ def main(argv=None) -> dict:
                                      entry["tfaccel"]["cells"].items()))
         common.emit(result, out)  # after every row: an interrupted run keeps its rows
     result["rows"] = {n: result["rows"][n] for n in ROWS if n in result["rows"]}
+    result["elapsed_s"] = log.elapsed()
     common.emit(result, out)
     return result
 
