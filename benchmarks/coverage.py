@@ -114,7 +114,7 @@ class TfaccelRow(cc.RowSide):
         variants = {"float": lambda: self.model,
                     "pruned": lambda: (self._wrapped.get("unstructured")
                                        or self._pruned("unstructured")[0]),
-                    "qat": lambda: self.tfaccel.quantize(
+                    "qat": lambda: self._wrapped.get("qat") or self.tfaccel.quantize(
                         self.model, _feed(self.model, take(self.data["x"], cc.N_CALIBRATION)))}
         parts, first_error = {}, None
         for name, make in variants.items():
@@ -169,6 +169,7 @@ class TfaccelRow(cc.RowSide):
         calib = _feed(self.model, take(self.data["x"], cc.N_CALIBRATION))
         qat = self.compile(self.tfaccel.quantize(self.model, calib), common.QAT_LR)
         loss = cc.fit_steps(qat, self.data, self.args.qat_steps)
+        self._wrapped["qat"] = qat  # the round trip (last) saves the trained one
         cell = {"qat_loss": loss, "qat_test_accuracy": cc.accuracy(qat, self.data)}
         self.note(**cell)
         try:

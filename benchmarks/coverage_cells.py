@@ -29,8 +29,8 @@ from coverage_models import ROWS, row_data, take
 
 # The columns of each side (the tfmot side's module sets TF_USE_LEGACY_KERAS
 # on import, so the parent reads its columns from here).
-TFACCEL_CELLS = ("prune", "prune_2_4", "channels", "keras_roundtrip", "qat_int8",
-                 "ptq_int8")
+TFACCEL_CELLS = ("prune", "prune_2_4", "channels", "qat_int8", "ptq_int8",
+                 "keras_roundtrip")
 TFMOT_CELLS = ("prune", "prune_2_4", "qat_int8")
 # Steps of the short fine-tunes and sizes of the data sets (defaults).
 FLOAT_STEPS = 32
