@@ -34,7 +34,7 @@ from coverage_models import ROWS, take  # noqa: E402
 
 CELLS = cc.TFACCEL_CELLS
 OUT = os.path.join(common.RESULTS_DIR, "coverage.json")
-ROW_TIMEOUT = 1200
+ROW_TIMEOUT = 2400  # per row and side; big rows on a loaded 2-core machine need it
 
 
 def _feed(model, x):
