@@ -78,23 +78,12 @@ class TfaccelRow(cc.RowSide):
         self._wrapped[structure] = pruned  # the round trip saves this one
         return pruned, plain, said
 
-    def _weights_left_dense(self, plain) -> tuple[float, list[str]]:
-        dense, zeros, total = set(), 0, 0
-        for w in plain.weights:
-            if len(w.shape) < 2:
-                continue
-            v = self.k.ops.convert_to_numpy(w)
-            zeros += int(np.sum(v == 0))
-            total += v.size
-            if np.mean(v == 0) < 0.25:
-                dense.add(w.path.rsplit("/", 1)[0])
-        return (zeros / total if total else 0.0), sorted(dense)
-
     def prune(self, structure="unstructured") -> dict:
         _, plain, said = self._pruned(structure)
-        sparsity, dense = self._weights_left_dense(plain)
+        sparsity, dense = cc.weights_left_dense(
+            (w.path, self.k.ops.convert_to_numpy(w)) for w in plain.weights)
         cell = {"sparsity": round(sparsity, 4), "left_dense": dense, "warnings": said,
-                "summary": f"{sparsity:.0%} of >=2-D weights zero"}
+                "summary": f"{sparsity:.0%} of kernels zero"}
         return cc.left_dense(cell, dense, said, structure)
 
     def channels(self) -> dict:

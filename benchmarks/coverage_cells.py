@@ -447,6 +447,21 @@ def grade(cell: dict, kind: str, parity_goal: bool) -> dict:
     return cell
 
 
+def weights_left_dense(named_weights) -> tuple[float, list[str]]:
+    """Zero fraction over the kernels (>= 2-D weights but biases: an
+    attention layer's biases are 2-D) and the layers whose kernels stayed
+    dense (under 25% zeros), from `(name, array)` pairs."""
+    dense, zeros, total = set(), 0, 0
+    for name, value in named_weights:
+        path = name.split(":")[0]
+        if value.ndim < 2 or path.rsplit("/", 1)[-1].endswith("bias"):
+            continue
+        zeros, total = zeros + int(np.sum(value == 0)), total + value.size
+        if np.mean(value == 0) < 0.25:
+            dense.add(path.rsplit("/", 1)[0])
+    return (zeros / total if total else 0.0), sorted(dense)
+
+
 def left_dense(cell: dict, dense: list[str], warned: list[str], structure: str) -> dict:
     """A pruning cell with weights left dense: 2:4 skipping a layer it cannot
     take, with a warning, is the designed behaviour; elsewhere a warned skip

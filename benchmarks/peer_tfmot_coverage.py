@@ -22,8 +22,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import sys  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import coverage_cells as cc  # noqa: E402
@@ -56,17 +54,9 @@ class TfmotRow(cc.RowSide):
         pruned = self.compile(sparsity.prune_low_magnitude(self._copy(), **kwargs))
         cc.fit_steps(pruned, self.data, cc.PRUNE_STEPS, [sparsity.UpdatePruningStep()])
         plain = sparsity.strip_pruning(pruned)
-        dense, zeros, total = [], 0, 0
-        for w in plain.weights:
-            if len(w.shape) < 2:
-                continue
-            v = w.numpy()
-            zeros, total = zeros + int(np.sum(v == 0)), total + v.size
-            if np.mean(v == 0) < 0.25:
-                dense.append(w.name.rsplit("/", 1)[0])
-        frac = zeros / total if total else 0.0
-        cell = {"sparsity": round(frac, 4), "left_dense": sorted(set(dense)),
-                "summary": f"{frac:.0%} of >=2-D weights zero"}
+        frac, dense = cc.weights_left_dense((w.name, w.numpy()) for w in plain.weights)
+        cell = {"sparsity": round(frac, 4), "left_dense": dense,
+                "summary": f"{frac:.0%} of kernels zero"}
         return cc.left_dense(cell, cell["left_dense"], [],
                              "2:4" if m_by_n else "unstructured")
 
