@@ -11,6 +11,12 @@ its own process). Each row runs in child processes (`coverage_cells.run_row`):
 a crash is a recorded cell. Results merge per row into
 `benchmarks/results/coverage.json`.
 
+Cost (2 cores, 2026-11-28, machine shared with other jobs): a keras.io row
+takes ~20 s of CPU per side (~1 min wall each); MobileNet 200 s CPU for
+tfaccel and 150 s for tfmot (10 + 5 min wall at load average 7). Rows of
+20M+ parameters or 71-75 px inputs cost a few times more: plan on 1.5-2.5
+hours for every row on an idle machine, and use `--rows` to refresh some.
+
 Usage:
 
     .venv/bin/python benchmarks/coverage.py                      # every row
