@@ -225,7 +225,7 @@ def main(argv=None) -> dict:
     for name in rows:
         entry = dict(result["rows"].get(name) or {})
         entry.update({"kind": ROWS[name].kind, "description": ROWS[name].description,
-                      "time_utc": common.env_info()["time_utc"],
+                      "recipe": result["recipe"], "time_utc": common.env_info()["time_utc"],
                       "loadavg": [round(v, 2) for v in os.getloadavg()]})
         log(f"{name}: tfaccel")
         entry["tfaccel"] = cc.run_row(os.path.join(here, "coverage.py"), name, CELLS,
