@@ -97,8 +97,20 @@ def render_coverage(d: dict) -> list[str]:
                   table)
     if notes:
         out += ["Notes:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)] + [""]
-    out += _parity(rows) + _behind_tfmot(rows) + _timing(rows)
+    out += _parity(rows) + _behind_tfmot(rows) + _recipes(rows, d) + _timing(rows)
     return out
+
+
+def _recipes(rows: dict, d: dict) -> list[str]:
+    """Rows measured with another float fine-tune than the header's recipe."""
+    current = (d.get("recipe") or {}).get("float")
+    other: dict[str, list[str]] = {}
+    for name, r in rows.items():
+        used = (r.get("recipe") or {}).get("float", "not recorded (before per-row recipes)")
+        if used != current:
+            other.setdefault(used, []).append(name)
+    return [f"Measured with float fine-tune \"{k}\": {', '.join(v)}." for k, v in
+            other.items()] + ([""] if other else [])
 
 
 def _parity(rows: dict) -> list[str]:
