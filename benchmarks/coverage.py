@@ -11,11 +11,11 @@ its own process). Each row runs in child processes (`coverage_cells.run_row`):
 a crash is a recorded cell. Results merge per row into
 `benchmarks/results/coverage.json`.
 
-Cost (2 cores, 2026-11-28, machine shared with other jobs): a keras.io row
-takes ~20 s of CPU per side (~1 min wall each); MobileNet 200 s CPU for
-tfaccel and 150 s for tfmot (10 + 5 min wall at load average 7). Rows of
-20M+ parameters or 71-75 px inputs cost a few times more: plan on 1.5-2.5
-hours for every row on an idle machine, and use `--rows` to refresh some.
+Cost (2 cores, 2026-11-28): a keras.io row takes ~20 s of CPU per side (about
+1 min wall each); MobileNet (128 float steps) 205 s wall for tfaccel and 160 s
+for tfmot at load average 2.5. Rows of 20M+ parameters or 71-75 px inputs
+cost a few times more: plan on 2-3 hours for every row on an idle machine
+(estimate; not yet run in full), and use `--rows` to refresh some.
 
 Usage:
 
