@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import coverage_report  # noqa: E402
 import distillation  # noqa: E402
 import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
@@ -44,6 +45,7 @@ BENCHES = {
     "clustering": "benchmarks/clustering.py",
     "transformers": "benchmarks/transformers.py",
     "one_fit": "benchmarks/one_fit.py",
+    "coverage": "benchmarks/coverage.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -61,7 +63,11 @@ QUICK = {
     "clustering": ["--seeds", "0", "--repeats", "3"],
     "transformers": ["--seeds", "0"],
     "one_fit": ["--seeds", "0"],
+    "coverage": ["--rows", "nested_sequential,two_io"],
 }
+# Benchmarks that need more than --timeout (seconds): the coverage matrix runs
+# 21 rows, each in its own processes.
+MIN_TIMEOUT = {"coverage": 8 * 3600}
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
 
@@ -287,7 +293,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
                       "peer_keras_quantize", "pruning_callback", "clustering",
-                      "transformers", "one_fit")}
+                      "transformers", "one_fit", "coverage")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
@@ -299,6 +305,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _clustering_section(more["clustering"])
     lines += transformers_bench.render_transformers(more["transformers"])
     lines += one_fit.render_one_fit(more["one_fit"])
+    lines += coverage_report.render_coverage(more["coverage"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):
@@ -882,7 +889,8 @@ def main(argv=None) -> None:
             extra = list(QUICK[n]) if args.quick else []
             if args.sections and n in SECTIONED:
                 extra += ["--sections", args.sections]
-            runs.append(run_one(n, extra, args.timeout, args.results_dir))
+            runs.append(run_one(n, extra, max(args.timeout, MIN_TIMEOUT.get(n, 0)),
+                                args.results_dir))
     with open(args.report, "w") as f:
         f.write(render(runs, args.results_dir))
     print(f"[run_all] wrote {args.report}", flush=True)
