@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import peer_keras_quantize  # noqa: E402
+import transformers_hub  # noqa: E402
 
 DIM, HEADS, BLOCKS, MLP = 32, 4, 2, 64
 EPOCHS = 30
@@ -370,7 +371,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--sections",
         default="vit,scaling",
-        help="comma-separated subset of vit,scaling",
+        help="comma-separated subset of vit,scaling,heads,hub",
     )
     parser.add_argument(
         "--merge", action="store_true", help="keep the other sections of the --out file"
@@ -406,6 +407,8 @@ def main(argv=None) -> dict:
         if "heads" in sections:
             result["heads"] = head_pruning(data, workdir, log)
             result["load_avg_heads"] = list(os.getloadavg())
+        if "hub" in sections:
+            result["hub"] = transformers_hub.hub_section(data, workdir, log)
     result["elapsed_s"] = log.elapsed()
     common.emit(result, args.out)
     return result
@@ -499,7 +502,10 @@ def render_transformers(d: dict) -> list[str]:
         f"(load average after the seeds {load})",
         "",
     ]
-    return lines + _scaling_lines(d) + _heads_lines(d)
+    hub = transformers_hub.render_hub(
+        d.get("hub"), d.get("section_commands", {}).get("hub", "")
+    )
+    return lines + _scaling_lines(d) + _heads_lines(d) + hub
 
 
 def _heads_lines(d: dict) -> list[str]:
@@ -542,7 +548,7 @@ def _heads_lines(d: dict) -> list[str]:
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in table),
         "",
-        f"Command: `{d.get('section_commands', {}).get('scaling', d.get('command', ''))}`",
+        f"Command: `{d.get('section_commands', {}).get('heads', d.get('command', ''))}`",
         "",
     ]
 
@@ -580,7 +586,7 @@ def _scaling_lines(d: dict) -> list[str]:
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in table),
         "",
-        f"Command: `{d.get('section_commands', {}).get('heads', d.get('command', ''))}`",
+        f"Command: `{d.get('section_commands', {}).get('scaling', d.get('command', ''))}`",
         "",
     ]
 
