@@ -174,3 +174,22 @@ def test_layers_that_cannot_lose_heads_are_refused():
     already = tfaccel.prune(_block(), EVERY_STEP, structure="heads")
     with pytest.raises(ValueError, match="already pruned"):
         tfaccel.prune(already, EVERY_STEP, structure="heads")
+
+
+def test_two_replicas_agree_on_the_head_mask(two_cpus):
+    x, y = _digits_rows()
+    keras.utils.set_random_seed(0)
+    with two_cpus.scope():
+        pruned = tfaccel.prune(
+            make_transformer_block(dim=16, heads=4), EVERY_STEP, structure="heads"
+        )
+        pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+    pruned.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    wrapper = _wrapper(pruned)
+    replicas = [
+        v.numpy() for v in two_cpus.experimental_local_results(wrapper.head_mask.value)
+    ]
+    assert len(replicas) == 2
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+    assert (replicas[0] == 0).sum() == 2
+    assert int(keras.ops.convert_to_numpy(wrapper.step)) == 4
