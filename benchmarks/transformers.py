@@ -335,8 +335,12 @@ def head_pruning(data, workdir: str, log, seed: int = 0) -> dict[str, Any]:
         f"heads: dense {res['dense']['acc']:.4f}, pruned {res['pruned_before_finetune_acc']:.4f}"
         f" -> fine-tuned {res['pruned']['acc']:.4f}"
     )
+    res["gradual"] = _gradual_heads(model, data, log)
     res["dense"]["qat_int8"] = _qat_int8(model, data, workdir, "heads_dense")
     res["pruned"]["qat_int8"] = _qat_int8(small, data, workdir, "heads_pruned")
+    res["gradual"]["qat_int8"] = _qat_int8(
+        res["gradual"].pop("model"), data, workdir, "heads_gradual"
+    )
     res["pruned_minus_dense_points"] = round(
         100 * (res["pruned"]["acc"] - res["dense"]["acc"]), 3
     )
@@ -345,6 +349,37 @@ def head_pruning(data, workdir: str, log, seed: int = 0) -> dict[str, Any]:
         f"{res['pruned']['qat_int8']['latency']['1']}"
     )
     keras.backend.clear_session()
+    return res
+
+
+def _gradual_heads(model, data, log) -> dict[str, Any]:
+    """`prune(structure="heads")`: heads masked on a schedule during the
+    fine-tune (ramp over its first half), then `strip_pruning` slices them."""
+    import keras
+
+    import tfaccel
+    from tfaccel.schedules import PolynomialDecay
+
+    x_train, y_train, x_test, y_test = data
+    steps = HEAD_FINETUNE_EPOCHS * -(-len(x_train) // common.BATCH)
+    schedule = PolynomialDecay(0.0, HEAD_FRACTION, 0, steps // 2, frequency=steps // 20)
+    pruned = common.compile_classifier(
+        tfaccel.prune(model, schedule, structure="heads"), keras
+    )
+    pruned.fit(
+        x_train, y_train, epochs=HEAD_FINETUNE_EPOCHS, batch_size=common.BATCH,
+        verbose=0,
+    )
+    small = common.compile_classifier(tfaccel.strip_pruning(pruned), keras)
+    res = {
+        "schedule": repr(schedule),
+        "params": small.count_params(),
+        "macs": vit_macs(small),
+        "acc": common.accuracy(small, x_test, y_test),
+        "masked_acc": common.accuracy(pruned, x_test, y_test),
+        "model": small,
+    }
+    log(f"heads gradual: {res['acc']:.4f} (masked model {res['masked_acc']:.4f})")
     return res
 
 
@@ -420,6 +455,10 @@ def main(argv=None) -> dict:
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _load(values) -> str:
+    return "n/a" if not values else " ".join(f"{v:.2f}" for v in values)
 
 
 def _op_table(ops: dict[str, int]) -> str:
@@ -536,19 +575,32 @@ def _heads_lines(d: dict) -> list[str]:
         row("all heads", h["dense"]),
         row(f"{int(100 * h['fraction'])}% heads removed + fine-tune", h["pruned"]),
     ]
+    if h.get("gradual"):
+        table.append(
+            row(
+                f"{int(100 * h['fraction'])}% heads masked during the fine-tune "
+                '(`prune(structure="heads")`), stripped',
+                h["gradual"],
+            )
+        )
     return [
         f"Attention-head pruning (`tfaccel.pruning.heads.prune_heads`, seed {h['seed']}): "
         "the lowest-scoring heads of each MultiHeadAttention removed (query, key, "
         "value and output projections sliced together), then "
         f"{HEAD_FINETUNE_EPOCHS} float epochs; accuracy right after removal "
         f"{_pct(h['pruned_before_finetune_acc'])}. Goal: within 1 point of the "
-        "unpruned model.",
+        "unpruned model. The scheduled row starts from the same trained model: "
+        f"{h.get('gradual', {}).get('schedule', '')} over the same fine-tune "
+        "epochs, then `strip_pruning`; accuracy of the masked model before "
+        f"stripping {_pct(h.get('gradual', {}).get('masked_acc'))} (the stripped "
+        "model's is in the table).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in table),
         "",
-        f"Command: `{d.get('section_commands', {}).get('heads', d.get('command', ''))}`",
+        f"Command: `{d.get('section_commands', {}).get('heads', d.get('command', ''))}` "
+        f"(load average after {_load(d.get('load_avg_heads'))})",
         "",
     ]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 import traceback
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 SEQ, VOCAB = 64, 32
 BERT = {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64}
 VIT = {"patch_size": 2, "num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}
-HUB_EPOCHS = 5
+HUB_EPOCHS = 10
 NAMES = ("token_ids", "segment_ids", "padding_mask")
 
 
@@ -85,18 +84,14 @@ def _latency(path: str, sample: list[np.ndarray], threads: int, runs: int = 100,
     """Single-sample latency on real inputs (token ids must index the vocabulary)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from tfaccel.export.latency import _timings  # benchmark_tflite's timer
+
     interp = Interpreter(model_path=path, num_threads=threads)
     interp.allocate_tensors()
     for detail in interp.get_input_details():
         (i,) = [k for k, n in enumerate(NAMES) if n in detail["name"]]
         interp.set_tensor(detail["index"], sample[i][:1].astype(detail["dtype"]))
-    for _ in range(warmup):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = _timings(interp, runs, warmup)
     return {"median_ms": round(statistics.median(times), 4),
             "min_ms": round(min(times), 4)}
 
@@ -287,5 +282,5 @@ def render_hub(d: dict | None, command: str = "") -> list[str]:
                 lines += [f"- {label}, {what}: `{r[key]}`"]
         if r.get("int8"):
             lines += [f"- {label} int8 file ops: {_ops(r['int8']['ops'])}"]
-    lines += ["", f"Command: `{command}` (load average after {d.get('load_avg')})", ""]
+    lines += ["", f"Command: `{command}` (load average after {' '.join(f'{v:.2f}' for v in d.get('load_avg') or [])})", ""]
     return lines
