@@ -108,6 +108,8 @@ def test_fit_reaches_the_head_fraction_at_the_schedule_steps():
     sparsity = tfaccel.sparsity(pruned)
     for name in ("query", "key", "value", "attention_output"):
         assert sparsity[f"multi_head_attention/{name}/kernel"] == 0.5
+    # The 4 Dense layers are listed as left dense, not mistaken for N:M misfits.
+    assert list(sparsity.dense.values()) == ["not pruned: not selected by `layers`"] * 4
 
 
 def test_masked_heads_contribute_nothing_and_strip_slices_them(rows):
@@ -193,3 +195,15 @@ def test_two_replicas_agree_on_the_head_mask(two_cpus):
     np.testing.assert_array_equal(replicas[0], replicas[1])
     assert (replicas[0] == 0).sum() == 2
     assert int(keras.ops.convert_to_numpy(wrapper.step)) == 4
+
+
+def test_export_strips_the_masked_heads_into_a_smaller_file(rows, tmp_path):
+    model = _block(heads=4)
+    pruned = tfaccel.prune(model, EVERY_STEP, structure="heads")
+    pruned(rows[:4], training=True)
+    full = tfaccel.export_tflite(model, str(tmp_path / "full.tflite"), verify=False)
+    report = tfaccel.export_tflite(
+        pruned, str(tmp_path / "heads.tflite"), verification_data=rows,
+        tolerance={"max_error": 1e-4},
+    )
+    assert report.bytes < full.bytes  # 2 heads' projections are gone
