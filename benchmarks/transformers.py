@@ -36,19 +36,18 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import peer_keras_quantize  # noqa: E402
+import transformers_heads  # noqa: E402
+import transformers_hub  # noqa: E402
+from transformers_heads import _pct  # noqa: E402
 
 DIM, HEADS, BLOCKS, MLP = 32, 4, 2, 64
 EPOCHS = 30
 QAT_EPOCHS = 3
 KERNEL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 SCALING_DIMS = (32, 64, 128, 192)
-HEAD_FRACTION = 0.5
-HEAD_FINETUNE_EPOCHS = 10
 
 
 def digits_vit(
@@ -257,96 +256,6 @@ def size_scaling(x_calib, workdir: str, log, dims=SCALING_DIMS) -> list[dict]:
     return rows
 
 
-def vit_macs(model) -> int:
-    """Multiply-accumulates of one image: Dense/EinsumDense kernels per token
-    and the two attention products (`2 * heads * T * T * head_dim`)."""
-    import keras
-
-    macs = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.MultiHeadAttention):
-            tokens = layer.get_build_config()["shapes_dict"]["query_shape"][1]
-            for dense in (
-                layer._query_dense,
-                layer._key_dense,
-                layer._value_dense,
-                layer._output_dense,
-            ):
-                macs += tokens * int(np.prod(dense.kernel.shape))
-            macs += 2 * layer.num_heads * tokens * tokens * layer.key_dim
-        elif isinstance(layer, keras.layers.Dense):
-            tokens = int(np.prod(layer.input.shape[1:-1] or (1,)))
-            macs += tokens * int(np.prod(layer.kernel.shape))
-    return macs
-
-
-def _qat_int8(model, data, workdir: str, tag: str) -> dict[str, Any]:
-    """QAT fine-tune + int8 export of `model`: accuracy, bytes, latency."""
-    import keras
-
-    import tfaccel
-
-    x_train, y_train, x_test, y_test = data
-    qat = tfaccel.quantize(model, calibration_data=x_train[:256])
-    common.compile_classifier(qat, keras, lr=common.QAT_LR)
-    qat.fit(x_train, y_train, epochs=QAT_EPOCHS, batch_size=common.BATCH, verbose=0)
-    path = os.path.join(workdir, f"{tag}.tflite")
-    tfaccel.export_tflite(qat, path, quantization="int8", verification_data=x_test)
-    out = common.file_sizes(path)
-    out["acc"] = common.tflite_accuracy(path, x_test, y_test)
-    out["latency"] = {
-        str(t): common.tflite_latency(path, t, runs=200, warmup=20) for t in (1, 2)
-    }
-    return out
-
-
-def head_pruning(data, workdir: str, log, seed: int = 0) -> dict[str, Any]:
-    """50% of the heads removed from a trained ViT, fine-tuned, then QAT int8."""
-    import keras
-
-    from tfaccel.pruning.heads import prune_heads
-
-    x_train, y_train, x_test, y_test = data
-    keras.utils.set_random_seed(seed)
-    model = common.compile_classifier(digits_vit(), keras)
-    model.fit(x_train, y_train, epochs=EPOCHS, batch_size=common.BATCH, verbose=0)
-    res: dict[str, Any] = {"seed": seed, "fraction": HEAD_FRACTION}
-    res["dense"] = {
-        "params": model.count_params(),
-        "macs": vit_macs(model),
-        "acc": common.accuracy(model, x_test, y_test),
-    }
-    small = common.compile_classifier(prune_heads(model, HEAD_FRACTION), keras)
-    res["pruned_before_finetune_acc"] = common.accuracy(small, x_test, y_test)
-    small.fit(
-        x_train,
-        y_train,
-        epochs=HEAD_FINETUNE_EPOCHS,
-        batch_size=common.BATCH,
-        verbose=0,
-    )
-    res["pruned"] = {
-        "params": small.count_params(),
-        "macs": vit_macs(small),
-        "acc": common.accuracy(small, x_test, y_test),
-    }
-    log(
-        f"heads: dense {res['dense']['acc']:.4f}, pruned {res['pruned_before_finetune_acc']:.4f}"
-        f" -> fine-tuned {res['pruned']['acc']:.4f}"
-    )
-    res["dense"]["qat_int8"] = _qat_int8(model, data, workdir, "heads_dense")
-    res["pruned"]["qat_int8"] = _qat_int8(small, data, workdir, "heads_pruned")
-    res["pruned_minus_dense_points"] = round(
-        100 * (res["pruned"]["acc"] - res["dense"]["acc"]), 3
-    )
-    log(
-        f"heads: int8 latency 1 thread {res['dense']['qat_int8']['latency']['1']} -> "
-        f"{res['pruned']['qat_int8']['latency']['1']}"
-    )
-    keras.backend.clear_session()
-    return res
-
-
 def _mean(rows: list[dict]) -> dict[str, float]:
     keys = (
         "float_acc",
@@ -370,7 +279,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--sections",
         default="vit,scaling",
-        help="comma-separated subset of vit,scaling",
+        help="comma-separated subset of vit,scaling,heads,hub",
     )
     parser.add_argument(
         "--merge", action="store_true", help="keep the other sections of the --out file"
@@ -404,8 +313,12 @@ def main(argv=None) -> dict:
             result["scaling"] = size_scaling(data[0][:128], workdir, log)
             result["load_avg_scaling"] = list(os.getloadavg())
         if "heads" in sections:
-            result["heads"] = head_pruning(data, workdir, log)
+            result["heads"] = transformers_heads.head_pruning(
+                data, workdir, log, digits_vit, EPOCHS, QAT_EPOCHS
+            )
             result["load_avg_heads"] = list(os.getloadavg())
+        if "hub" in sections:
+            result["hub"] = transformers_hub.hub_section(data, workdir, log)
     result["elapsed_s"] = log.elapsed()
     common.emit(result, args.out)
     return result
@@ -413,10 +326,6 @@ def main(argv=None) -> dict:
 
 # --------------------------------------------------------------------------
 # Report.
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 def _op_table(ops: dict[str, int]) -> str:
@@ -499,52 +408,10 @@ def render_transformers(d: dict) -> list[str]:
         f"(load average after the seeds {load})",
         "",
     ]
-    return lines + _scaling_lines(d) + _heads_lines(d)
-
-
-def _heads_lines(d: dict) -> list[str]:
-    h = d.get("heads")
-    if not h:
-        return []
-    header = [
-        "ViT",
-        "parameters",
-        "MACs",
-        "float acc",
-        "QAT int8 file acc",
-        "int8 latency 1 / 2 threads (min ms)",
-    ]
-
-    def row(name, r):
-        lat = r["qat_int8"]["latency"]
-        return [
-            name,
-            f"{r['params']:,}",
-            f"{r['macs']:,}",
-            _pct(r["acc"]),
-            _pct(r["qat_int8"]["acc"]),
-            f"{lat['1']['min_ms']:.3f} / {lat['2']['min_ms']:.3f}",
-        ]
-
-    table = [
-        row("all heads", h["dense"]),
-        row(f"{int(100 * h['fraction'])}% heads removed + fine-tune", h["pruned"]),
-    ]
-    return [
-        f"Attention-head pruning (`tfaccel.pruning.heads.prune_heads`, seed {h['seed']}): "
-        "the lowest-scoring heads of each MultiHeadAttention removed (query, key, "
-        "value and output projections sliced together), then "
-        f"{HEAD_FINETUNE_EPOCHS} float epochs; accuracy right after removal "
-        f"{_pct(h['pruned_before_finetune_acc'])}. Goal: within 1 point of the "
-        "unpruned model.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in table),
-        "",
-        f"Command: `{d.get('section_commands', {}).get('scaling', d.get('command', ''))}`",
-        "",
-    ]
+    hub = transformers_hub.render_hub(
+        d.get("hub"), d.get("section_commands", {}).get("hub", "")
+    )
+    return lines + _scaling_lines(d) + transformers_heads.render_heads(d) + hub
 
 
 def _scaling_lines(d: dict) -> list[str]:
@@ -580,7 +447,7 @@ def _scaling_lines(d: dict) -> list[str]:
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in table),
         "",
-        f"Command: `{d.get('section_commands', {}).get('heads', d.get('command', ''))}`",
+        f"Command: `{d.get('section_commands', {}).get('scaling', d.get('command', ''))}`",
         "",
     ]
 

@@ -7,24 +7,51 @@ head_dim)` biases) and one slice of its output projection (axis 0 of the
 `(heads, head_dim, out)` kernel). `prune_heads` ranks the heads of each
 selected layer and rebuilds the model with a smaller `MultiHeadAttention`
 holding the kept slices, so parameters, MACs and latency all drop; fine-tune
-the result to recover accuracy.
+the result to recover accuracy. To remove heads gradually inside `fit`, use
+`tfaccel.prune(model, schedule, structure="heads")` (`PruneHeads`, in
+`tfaccel/pruning/head_wrapper.py`), which calls the same slicing on strip.
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+from keras import ops
 
 from tfaccel import graph
 from tfaccel.graph import LayerSelector, Replacement
 
-__all__ = ["head_importance", "prune_heads"]
+__all__ = [
+    "check_attention",
+    "head_importance",
+    "head_scores",
+    "prune_heads",
+    "sliced_attention",
+]
 
 _QKV = ("_query_dense", "_key_dense", "_value_dense")
 
 
 def _values(dense) -> list[np.ndarray]:
     return [np.asarray(w) for w in dense.get_weights()]
+
+
+def head_scores(layer: keras.layers.MultiHeadAttention, mask=None):
+    """`head_importance` as a float32 tensor (`keras.ops`, usable in `call`).
+
+    With `mask` (one entry per head), the scores of the weights times the
+    mask: a masked head scores 0, so it stays masked as sparsity rises.
+    """
+    mask = None if mask is None else ops.cast(mask, "float32")
+
+    def norms(dense, axis):
+        kernel = ops.moveaxis(ops.cast(dense.kernel, "float32"), axis, 0)
+        flat = ops.reshape(kernel, (kernel.shape[0], -1))
+        norm = ops.sqrt(ops.sum(ops.square(flat), axis=1))
+        return norm if mask is None else norm * mask
+
+    q, k, v = (norms(getattr(layer, a), -2) for a in _QKV)
+    return q * k * v * norms(layer._output_dense, 0)
 
 
 def head_importance(layer: keras.layers.MultiHeadAttention) -> np.ndarray:
@@ -43,27 +70,28 @@ def head_importance(layer: keras.layers.MultiHeadAttention) -> np.ndarray:
     >>> head_importance(mha).shape
     (4,)
     """
-    q, k, v = (_values(getattr(layer, a))[0] for a in _QKV)
-    o = _values(layer._output_dense)[0]
-
-    def norms(kernel, axis):
-        moved = np.moveaxis(kernel, axis, 0)
-        return np.sqrt(np.sum(moved.reshape(moved.shape[0], -1) ** 2, axis=1))
-
-    return norms(q, -2) * norms(k, -2) * norms(v, -2) * norms(o, 0)
+    return ops.convert_to_numpy(head_scores(layer))
 
 
-def _check(layer) -> None:
-    if not layer.built or layer._use_gate or len(layer._query_dense.kernel.shape) != 3:
+def check_attention(layer, caller: str = "prune_heads") -> None:
+    """Raise unless `layer` is a MultiHeadAttention whose heads can be sliced."""
+    if not isinstance(layer, keras.layers.MultiHeadAttention):
         raise ValueError(
-            "`prune_heads` needs a built MultiHeadAttention over one sequence "
+            f"`{caller}` needs a MultiHeadAttention layer. Received: "
+            f"layer={getattr(layer, 'name', layer)!r} ({type(layer).__name__})"
+        )
+    gated = bool(getattr(layer, "_use_gate", False))
+    if gated or not layer.built or len(layer._query_dense.kernel.shape) != 3:
+        raise ValueError(
+            f"`{caller}` needs a built MultiHeadAttention over one sequence "
             "axis, without gating (kernels of shape (dim, heads, head_dim)). "
-            f"Received: layer={layer.name!r}"
+            f"Received: layer={layer.name!r} (built={layer.built}, "
+            f"use_gate={gated})"
         )
 
 
-def _smaller(layer, keep: np.ndarray):
-    """A new `MultiHeadAttention` holding only the heads in `keep`."""
+def sliced_attention(layer, keep: np.ndarray):
+    """A new `MultiHeadAttention` holding only the heads in `keep` (sorted)."""
     config = layer.get_config()
     config["num_heads"] = len(keep)
     new = layer.__class__.from_config(config)
@@ -137,10 +165,10 @@ def prune_heads(
         layer = node.operation
         if not any(layer is f for f in found):
             return None
-        _check(layer)
+        check_attention(layer)
         heads = layer.num_heads
         drop = min(int(round(float(fraction) * heads)), heads - 1)
         order = np.argsort(-head_importance(layer), kind="stable")
-        return Replacement(_smaller(layer, np.sort(order[: heads - drop])))
+        return Replacement(sliced_attention(layer, np.sort(order[: heads - drop])))
 
     return graph.rebuild(model, plan)

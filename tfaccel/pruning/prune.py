@@ -12,6 +12,7 @@ from tfaccel._warnings import TfaccelWarning
 from tfaccel.graph import LayerSelector, Replacement, copy_layer
 from tfaccel.pruning.allocation import allocate, check_allocation
 from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
+from tfaccel.pruning.head_wrapper import wrap_heads
 from tfaccel.pruning.masks import parse_structure
 from tfaccel.pruning.registry import (
     is_prunable,
@@ -60,7 +61,10 @@ def prune(
             (N of every M consecutive input-channel weights are kept), or
             `"channels"` (whole output channels, see
             `tfaccel.pruning.prune_channels`; `strip_pruning` then rebuilds a
-            smaller model).
+            smaller model), or `"heads"` (whole attention heads of each
+            `MultiHeadAttention`, the schedule's sparsity being the fraction
+            of heads, see `tfaccel.pruning.head_wrapper.PruneHeads`;
+            `strip_pruning` then slices them out into smaller layers).
         layers: which layers to prune: None (every prunable layer), a
             layer name, layer or class, a predicate `layer -> bool`, or a
             list of these (see `tfaccel.graph.selector`). With N:M, a layer
@@ -81,14 +85,15 @@ def prune(
     A model from `tfaccel.quantize` is pruned inside QAT (its kernels' masks
     go on the float kernel before folding and fake quantization, see
     `tfaccel.quantization.PrunedQuantizeWrapper`), as `quantize` of a pruned
-    model would; channel pruning must come before `quantize`.
+    model would; channel and head pruning must come before `quantize`.
 
     Raises:
         ValueError: for a subclassed model, an unknown `structure` or
             `allocation`, an allocation other than `"uniform"` with N:M or
-            channels, N:M that does not divide a weight's input-channel
-            axis, `layers` that match no layer or a model with no prunable
-            layer.
+            channels or heads, N:M that does not divide a weight's
+            input-channel axis, `layers` that match no layer, a model with no
+            prunable layer, or `structure="heads"` on a model with no
+            (ungated, built) `MultiHeadAttention` or a quantization-aware one.
         TypeError: for arguments of the wrong type.
     """
     source = graph.read(model)
@@ -103,6 +108,14 @@ def prune(
         )
     from tfaccel.quantization import is_quantized  # quantization imports pruning
 
+    if structure == "heads":
+        if is_quantized(model):
+            raise ValueError(
+                "Head pruning changes shapes: prune heads before `quantize` "
+                "(prune, fit, strip_pruning, then quantize). Received: "
+                "structure='heads' for a quantization-aware model"
+            )
+        return wrap_heads(model, schedule, layers)
     if is_quantized(model):
         # Prune inside QAT: trains like `quantize(prune(model))`.
         from tfaccel.quantization.pruned_plans import prune_quantized
@@ -260,7 +273,9 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     Every pruning wrapper is replaced by the plain layers its `strip()`
     gives; predictions are identical. A model pruned with
     `structure="channels"` is rebuilt smaller instead (`shrink`): pruned
-    filters and the matching input channels of their consumers are removed.
+    filters and the matching input channels of their consumers are removed;
+    with `structure="heads"`, each `MultiHeadAttention` keeps only its
+    unmasked heads (a smaller layer, same outputs).
     Warns (`TfaccelWarning`) when a wrapper's schedule (unstructured, N:M or
     channels) has not reached its `end_step`.
 
@@ -374,7 +389,9 @@ def sparsity(model: keras.Model) -> Sparsity:
 
 def _why_dense(variable, axis: int, structures: list[str]) -> str:
     for structure in structures:
-        nm = parse_structure(structure) if structure != "channels" else None
+        nm = (
+            None if structure in ("channels", "heads") else parse_structure(structure)
+        )
         if nm is not None and not fits_pattern(variable, axis, nm[1]):
             return (
                 f"structure='{structure}' needs M={nm[1]} to divide its "
