@@ -1,4 +1,4 @@
-"""Magnitude pruning inside `model.fit`: unstructured and N:M.
+"""Magnitude pruning inside `model.fit`: unstructured, N:M, channels, heads.
 
 Example:
 
@@ -14,6 +14,8 @@ from tfaccel.pruning import export_step  # noqa: F401  (registers the export ste
 from tfaccel.pruning.allocation import allocate
 from tfaccel.pruning.base import PruningWrapper, pruning_wrappers
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
+from tfaccel.pruning.head_wrapper import PruneHeads
+from tfaccel.pruning.heads import head_importance, prune_heads
 from tfaccel.pruning.masks import nm_mask, unstructured_mask
 from tfaccel.pruning.prune import Sparsity, prune, sparsity, strip_pruning
 from tfaccel.pruning.registry import register_prunable
@@ -22,14 +24,17 @@ from tfaccel.pruning.wrapper import PruneLowMagnitude
 
 __all__ = [
     "PruneChannels",
+    "PruneHeads",
     "PruneLowMagnitude",
     "PruningWrapper",
     "Sparsity",
     "allocate",
     "channel_fractions",
+    "head_importance",
     "nm_mask",
     "prune",
     "prune_channels",
+    "prune_heads",
     "pruning_wrappers",
     "register_prunable",
     "shrink",

@@ -26,8 +26,8 @@ def _strip(model, notes: list[str]):
     )
     for (name, structure), count in counts.items():
         effect = (
-            "masked channels are removed (a smaller model)"
-            if structure == "channels"
+            f"masked {structure} are removed (a smaller model)"
+            if structure in ("channels", "heads")
             else "pruned weights are stored as zeros (they compress: see gzip_bytes)"
         )
         notes.append(

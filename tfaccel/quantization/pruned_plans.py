@@ -104,10 +104,12 @@ def carry_pruning(
     stuck = [w for w in unfinished if not isinstance(w, PruneLowMagnitude)]
     if stuck:
         raise ValueError(
-            "Cannot quantize before the end of channel pruning: it does not "
-            "continue inside quantization-aware training. Train the pruned "
-            "model to its schedule's end_step, `strip_pruning` it (which "
-            "removes the channels), then quantize. Received: "
+            f"Cannot quantize before the end of {stuck[0].structure.rstrip('s')} "
+            "pruning: "
+            "it does not continue inside quantization-aware training. Train "
+            "the pruned model to its schedule's end_step, `strip_pruning` it "
+            "(which removes the pruned channels or heads), then quantize. "
+            "Received: "
             + "; ".join(w.unfinished() for w in stuck)
         )
 
