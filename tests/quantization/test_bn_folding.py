@@ -1,13 +1,13 @@
 """Batch-statistics BatchNorm folding (`bn_folding="batch"`, Jacob et al. 2018)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
+from tests.tiny_models import make_cnn
 from tfaccel.quantization import QuantizeWrapper, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation
-from tests.tiny_models import make_cnn
 
 
 def _pair(freeze=None, folding="batch"):
