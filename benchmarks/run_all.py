@@ -28,6 +28,7 @@ import common  # noqa: E402
 import distillation  # noqa: E402
 import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
+import qat_from_scratch  # noqa: E402
 import transformers as transformers_bench  # noqa: E402  (benchmarks/transformers.py)
 
 PY = ".venv/bin/python"
@@ -44,6 +45,7 @@ BENCHES = {
     "clustering": "benchmarks/clustering.py",
     "transformers": "benchmarks/transformers.py",
     "one_fit": "benchmarks/one_fit.py",
+    "qat_from_scratch": "benchmarks/qat_from_scratch.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -61,6 +63,7 @@ QUICK = {
     "clustering": ["--seeds", "0", "--repeats", "3"],
     "transformers": ["--seeds", "0"],
     "one_fit": ["--seeds", "0"],
+    "qat_from_scratch": ["--seeds", "0", "--scales", "1"],
 }
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
@@ -287,7 +290,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
                       "peer_keras_quantize", "pruning_callback", "clustering",
-                      "transformers", "one_fit")}
+                      "transformers", "one_fit", "qat_from_scratch")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
@@ -299,6 +302,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += _clustering_section(more["clustering"])
     lines += transformers_bench.render_transformers(more["transformers"])
     lines += one_fit.render_one_fit(more["one_fit"])
+    lines += qat_from_scratch.render_qat_from_scratch(more["qat_from_scratch"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):
