@@ -168,3 +168,33 @@ def test_replicas_stay_identical(two_cpus):
     # Both replicas normalize with the moments of the whole batch.
     y = np.concatenate([o.numpy() for o in two_cpus.experimental_local_results(outputs)])
     assert abs(float(np.mean(y)) - float(np.mean(wrapper.batch_norm.beta.numpy()))) < 0.2
+
+
+def test_backup_and_restore_brings_the_step_back(tmp_path, digits):
+    x, y = digits[0][:128], digits[1][:128]
+
+    def steps(model):
+        return [int(w.bn_folding_step) for w in model.layers
+                if hasattr(w, "bn_folding_step")]
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.saved = steps(self.model)
+                raise RuntimeError("simulated crash")
+
+    class Check(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen = steps(self.model)
+
+    def model():
+        qat = quantize(make_cnn(), bn_freeze_step=100)
+        qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return qat
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    crash, check = Crash(), Check()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        model().fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[backup, crash])
+    model().fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[backup, check])
+    assert crash.saved == check.seen == [4, 4]  # 4 steps of the first epoch
