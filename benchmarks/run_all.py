@@ -29,6 +29,7 @@ import coverage_report  # noqa: E402
 import distillation  # noqa: E402
 import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
+import qat_from_scratch  # noqa: E402
 import transformers as transformers_bench  # noqa: E402  (benchmarks/transformers.py)
 
 PY = ".venv/bin/python"
@@ -46,6 +47,7 @@ BENCHES = {
     "transformers": "benchmarks/transformers.py",
     "one_fit": "benchmarks/one_fit.py",
     "coverage": "benchmarks/coverage.py",
+    "qat_from_scratch": "benchmarks/qat_from_scratch.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -64,6 +66,7 @@ QUICK = {
     "transformers": ["--seeds", "0"],
     "one_fit": ["--seeds", "0"],
     "coverage": ["--rows", "nested_sequential,two_io"],
+    "qat_from_scratch": ["--seeds", "0", "--scales", "1"],
 }
 # Benchmarks that need more than --timeout (seconds): the coverage matrix runs
 # 21 rows, each in its own processes.
@@ -293,7 +296,8 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     more = {n: _load(n, results_dir)
             for n in ("channels", "distillation_cache", "distillation", "distribute",
                       "peer_keras_quantize", "pruning_callback", "clustering",
-                      "transformers", "one_fit", "coverage")}
+                      "transformers", "one_fit", "coverage",
+                      "qat_from_scratch")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
@@ -306,6 +310,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += transformers_bench.render_transformers(more["transformers"])
     lines += one_fit.render_one_fit(more["one_fit"])
     lines += coverage_report.render_coverage(more["coverage"])
+    lines += qat_from_scratch.render_qat_from_scratch(more["qat_from_scratch"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):

@@ -36,6 +36,7 @@ __all__ = [
 
 _FUSABLE = ("linear", "relu", "relu6")
 _WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
+_BN_FOLDINGS = ("moving", "batch")
 
 
 def batch_moments(y):
@@ -53,6 +54,25 @@ def batch_moments(y):
     if context is not None and context.num_replicas_in_sync > 1:
         mean, mean_sq = context.all_reduce("mean", [mean, mean_sq])
     return mean, tf.maximum(mean_sq - tf.square(mean), 0.0)
+
+
+def centered_moments(y):
+    """Per-channel (last axis) mean and variance of `y`, across replicas.
+
+    Two passes (mean, then the mean squared deviation), so a large mean
+    does not cancel the variance, and differentiable: batch-statistics
+    folding normalizes with them, as a (synchronized) BatchNorm does.
+    """
+    axes = list(range(len(y.shape) - 1))
+    context = tf.distribute.get_replica_context()
+    sync = context is not None and context.num_replicas_in_sync > 1
+    mean = tf.reduce_mean(y, axis=axes)
+    if sync:
+        mean = context.all_reduce("mean", mean)
+    var = tf.reduce_mean(tf.square(y - mean), axis=axes)
+    if sync:
+        var = context.all_reduce("mean", var)
+    return mean, var
 
 
 def update_moving_statistics(bn, mean, var) -> None:
@@ -79,6 +99,25 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
     `trainable=False` keeps its statistics, as in Keras). The wrapped layer computes
     with the folded kernel through `tfaccel._substitute.substitute`, so
     gradients reach its variables (and the BatchNorm's gamma and beta).
+
+    With `bn_folding="batch"` (Jacob et al. 2018, "batch normalization
+    correction"), training normalizes with the *batch* statistics instead,
+    as a float BatchNorm does: the kernel is still folded and quantized with
+    the moving standard deviation (no jitter of the int8 weights from batch
+    to batch), and the output is corrected per channel by
+    `sigma_moving / sigma_batch` and shifted by the batch mean, both read
+    from the folded output (no second convolution; gradients flow through
+    the batch moments as in BatchNorm). After `bn_freeze_step` training
+    calls the correction is switched off and training computes exactly the
+    `"moving"` fold, the int8 model's computation. Use `"moving"` (the
+    default) to fine-tune a trained model: its statistics are meaningful
+    and training sees the int8 computation from the first step. Use
+    `"batch"` to train from random initialization, where the moving
+    statistics start at (0, 1) and normalizing with them makes a model on
+    badly scaled inputs diverge or collapse; set `bn_freeze_step` to leave
+    the last part of training (say 10-20% of the steps) on the exact int8
+    computation. Inference (`training=False`) and the exported file always
+    use the moving statistics, in both modes.
 
     Example:
 
@@ -114,6 +153,13 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
             training with positive gammas). Needs per-channel weights when a
             BatchNorm is folded in (per-tensor int8 of per-channel-scaled
             clusters leaves the grid).
+        bn_folding: `"moving"` (fold the moving statistics in training too)
+            or `"batch"` (normalize with batch statistics until
+            `bn_freeze_step`, see above). Only matters with a `batch_norm`.
+        bn_freeze_step: with `bn_folding="batch"`, the number of training
+            calls that use batch statistics before freezing to the moving
+            ones; None never freezes. The count is a layer variable
+            (`bn_folding_step`), saved in `.keras` files and backups.
     """
 
     def __init__(
@@ -125,9 +171,27 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         preserve_sparsity: bool = False,
         ema_decay: float = 0.99,
         preserve_clusters: int = 0,
+        bn_folding: str = "moving",
+        bn_freeze_step: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(layer, **kwargs)
+        if bn_folding not in _BN_FOLDINGS:
+            raise ValueError(
+                f"`bn_folding` must be one of {_BN_FOLDINGS}. "
+                f"Received: bn_folding={bn_folding!r}"
+            )
+        if bn_freeze_step is not None and (
+            isinstance(bn_freeze_step, bool)
+            or not isinstance(bn_freeze_step, (int, np.integer))
+            or bn_freeze_step < 0
+        ):
+            raise ValueError(
+                "`bn_freeze_step` must be None or a non-negative integer. "
+                f"Received: bn_freeze_step={bn_freeze_step!r}"
+            )
+        self.bn_folding = bn_folding
+        self.bn_freeze_step = None if bn_freeze_step is None else int(bn_freeze_step)
         if (
             isinstance(preserve_clusters, bool)
             or not isinstance(preserve_clusters, (int, np.integer))
@@ -183,7 +247,22 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
             # After every other variable: checkpoints of wrappers without
             # clusters keep their layout.
             self._build_clusters()
+        if self._batch_folding:
+            # Last: checkpoints of "moving" wrappers keep their layout.
+            # Incremented identically on every replica (as a pruning step).
+            self.bn_folding_step = self.add_weight(
+                name="bn_folding_step",
+                shape=(),
+                dtype="int64",
+                initializer="zeros",
+                trainable=False,
+                aggregation="none",
+            )
         self.built = True
+
+    @property
+    def _batch_folding(self) -> bool:
+        return self.bn_folding == "batch" and self.batch_norm is not None
 
     def _fold(self):
         """Folded float kernel and bias (bias may be None), and the fold scale."""
@@ -234,7 +313,10 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         # A frozen BatchNormalization keeps its statistics, as in Keras.
         if training and self.batch_norm is not None and self.batch_norm.trainable:
             with full_precision():
-                self._update_moving_statistics(y, folded_bias, scale)
+                if self._batch_folding:
+                    y = self._batch_normalize(y, folded_bias, scale)
+                else:
+                    self._update_moving_statistics(y, folded_bias, scale)
         if self.activation == "relu":
             y = ops.relu(y)
         elif self.activation == "relu6":
@@ -256,12 +338,41 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         y = layer(ops.reshape(inputs, (-1, inputs.shape[-1])))
         return ops.reshape(y, (-1, *inner, y.shape[-1]))
 
-    def _update_moving_statistics(self, y, folded_bias, scale):
+    def _batch_normalize(self, y, folded_bias, scale):
+        """`y` normalized with its batch statistics (`bn_folding="batch"`).
+
+        `y = s * z + folded_bias` with `z = conv(x, w)` and `s = gamma /
+        sigma_moving`, so BatchNorm(z) with batch statistics is `c * (y -
+        mean(y)) + beta` with `c = |gamma| / sqrt(var(y) + eps * s**2)`
+        (`= sigma_moving / sigma_batch`). After the freeze step `c = 1` and
+        the shift is 0: exactly the moving-statistics fold.
+        """
+        bn = self.batch_norm
+        mean, var = centered_moments(tf.cast(y, "float32"))
+        gamma = bn.gamma if bn.scale else tf.ones_like(var)
+        c = tf.abs(gamma) * tf.math.rsqrt(var + bn.epsilon * tf.square(scale))
+        shift = -c * mean
+        if bn.center:
+            shift = shift + bn.beta
+        step = tf.convert_to_tensor(self.bn_folding_step)
+        if self.bn_freeze_step is not None:
+            frozen = step >= self.bn_freeze_step
+            c = tf.where(frozen, tf.ones_like(c), c)
+            shift = tf.where(frozen, tf.zeros_like(shift), shift)
+        self._update_moving_statistics(y, folded_bias, scale, (mean, var))
+        self.bn_folding_step.assign(step + 1)
+        return y * ops.cast(c, y.dtype) + ops.cast(shift, y.dtype)
+
+    def _update_moving_statistics(self, y, folded_bias, scale, moments=None):
         bn = self.batch_norm
         # Statistics of the unfolded layer output `conv(x, w) + b`, recovered
         # from the folded output `conv(x, w * scale)`: divide by the scale.
-        y0 = tf.stop_gradient(tf.cast(y, "float32") - folded_bias)
-        mean, var = batch_moments(y0)
+        if moments is None:
+            y0 = tf.stop_gradient(tf.cast(y, "float32") - folded_bias)
+            mean, var = batch_moments(y0)
+        else:
+            mean, var = (tf.stop_gradient(m) for m in moments)
+            mean = mean - folded_bias
         safe = tf.stop_gradient(
             tf.where(tf.abs(scale) > 1e-12, scale, tf.ones_like(scale))
         )
@@ -288,4 +399,7 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         )
         if self.preserve_clusters:
             config["preserve_clusters"] = self.preserve_clusters
+        if self.bn_folding != "moving":
+            config["bn_folding"] = self.bn_folding
+            config["bn_freeze_step"] = self.bn_freeze_step
         return config

@@ -192,6 +192,8 @@ class PrunedQuantizeWrapper(QuantizeWrapper, PruningWrapper):
             new.batch_norm.set_weights(self.batch_norm.get_weights())
         new.output_quantizer.set_weights(self.output_quantizer.get_weights())
         new.mask.assign(mask)
+        if hasattr(self, "bn_folding_step"):  # batch-statistics folding's count
+            new.bn_folding_step.assign(self.bn_folding_step)
         return [new]
 
     def get_config(self):

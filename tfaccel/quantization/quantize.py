@@ -41,6 +41,15 @@ _QAT_LAYERS = (
 )
 
 
+_BN_FOLDINGS = ("auto", "moving", "batch")
+
+
+def _untrained(bn) -> bool:
+    """Whether `bn` still holds its initial moving statistics (mean 0, var 1)."""
+    mean, var = (keras.ops.convert_to_numpy(v) for v in (bn.moving_mean, bn.moving_variance))
+    return bool(np.all(mean == 0.0) and np.all(var == 1.0))
+
+
 def _strip_pruning(model):
     from tfaccel.pruning import strip_pruning
     from tfaccel.pruning.base import pruning_wrappers
@@ -128,9 +137,12 @@ class _Planner:
 class _Rewrite:
     """The plan over `tfaccel.graph`: what each node of the model becomes."""
 
-    def __init__(self, planner: _Planner, ema_decay: float, pruning=None):
+    def __init__(
+        self, planner: _Planner, ema_decay: float, pruning=None, folding=("moving", None)
+    ):
         self.planner = planner
         self.ema_decay = ema_decay
+        self.folding = folding  # (bn_folding, bn_freeze_step)
         self.pruning = pruning or {}  # id(layer) -> its PruneLowMagnitude
         self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, kernel)
 
@@ -178,6 +190,12 @@ class _Rewrite:
     def kernel(self, layer, kind) -> Replacement:
         bn, act, own = self.planner.followers[id(layer)]
         norm = None if bn is None else copy_layer(bn)
+        folding, freeze = self.folding
+        if folding == "auto":
+            folding = "batch" if bn is not None and _untrained(bn) else "moving"
+        folding = {} if norm is None else {
+            "bn_folding": folding, "bn_freeze_step": freeze
+        }
         pairs = [] if bn is None else [(bn, norm)]
         source = self.pruning.get(id(layer))  # a schedule to keep running
         if kind in LOWERINGS:
@@ -220,6 +238,7 @@ class _Rewrite:
                 ema_decay=self.ema_decay,
                 preserve_clusters=0 if no_clusters else kernel_clusters(kernel),
                 name=f"quant_{inner.name}",
+                **(folding if last else {}),
             )
             self.wrappers.append((wrapper, kernel))
             chain.append(wrapper)
@@ -243,6 +262,8 @@ def quantize(
     *,
     ema_decay: float = 0.99,
     calibration_batch_size: int = 32,
+    bn_folding: str = "auto",
+    bn_freeze_step: int | None = None,
 ) -> keras.Model:
     """Return a new quantization-aware (QAT) copy of `model`.
 
@@ -304,6 +325,20 @@ def quantize(
         ema_decay: decay of the moving average of activation ranges.
         calibration_batch_size: batch size used to split a numpy
             `calibration_data`.
+        bn_folding: how a folded BatchNormalization normalizes in training
+            (`QuantizeWrapper(bn_folding=...)`): `"moving"` folds its moving
+            statistics, the int8 model's computation (fine-tuning a trained
+            model); `"batch"` normalizes with batch statistics like float
+            training until `bn_freeze_step`, then freezes to the moving fold
+            (QAT from random initialization, Jacob et al. 2018); `"auto"`
+            (default) picks `"batch"` for a BatchNormalization whose moving
+            statistics are still at their initial values (mean 0, variance
+            1: never trained) and `"moving"` otherwise. Inference and the
+            exported file use the moving statistics in every mode.
+        bn_freeze_step: with batch folding, the number of training steps
+            (calls) on batch statistics before freezing; None (default)
+            never freezes, as float BatchNorm training. Freezing for the
+            last 10-20% of the steps trains on the exact int8 computation.
 
     Returns:
         A new `keras.Model`; `model` is left unchanged.
@@ -314,6 +349,11 @@ def quantize(
             quantized, or the model is subclassed.
     """
     _check_batch_size(calibration_batch_size, "calibration_batch_size")
+    if bn_folding not in _BN_FOLDINGS:
+        raise ValueError(
+            f"`bn_folding` must be one of {_BN_FOLDINGS}. "
+            f"Received: bn_folding={bn_folding!r}"
+        )
     graph.read(model)  # a clear error for a subclassed model
     already = [layer.name for layer in graph.all_layers(model) if isinstance(layer, _QAT_LAYERS)]
     if already:
@@ -336,7 +376,7 @@ def quantize(
             "`quantize(model, skip=[<layer name or class>])`, or register a "
             "rule with `tfaccel.quantization.register_quantizable`."
         )
-    rewrite = _Rewrite(planner, ema_decay, pruning)
+    rewrite = _Rewrite(planner, ema_decay, pruning, (bn_folding, bn_freeze_step))
     new_model = graph.rebuild(model, rewrite, input_layers=rewrite.input_quantizer)
     for wrapper, kernel in rewrite.wrappers:
         if wrapper.preserve_sparsity:

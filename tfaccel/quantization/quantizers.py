@@ -38,6 +38,53 @@ def _weight_bound(absmax):
     )
 
 
+def _nudged_range(low, high, quant_min: float = 1.0, quant_max: float = 255.0):
+    """The range TF's FakeQuant ops round to (their `Nudge`), in TF ops.
+
+    Defaults are 8 bits with `narrow_range=True`. Same float32 arithmetic
+    as the kernel, so the masks below are the op gradient's, bit for bit.
+    """
+    scale = (high - low) / (quant_max - quant_min)
+    zero_from_min = quant_min - low / scale
+    # std::round (half away from zero) of a value >= quant_min > 0;
+    # `v - floor(v)` is exact, `floor(v + 0.5)` is not.
+    floor = tf.floor(zero_from_min)
+    rounded = tf.where(zero_from_min - floor >= 0.5, floor + 1.0, floor)
+    zero = tf.clip_by_value(rounded, quant_min, quant_max)
+    return (quant_min - zero) * scale, (quant_max - zero) * scale
+
+
+@tf.custom_gradient
+def _fake_quant_per_channel(x, low, high):
+    """`fake_quant_with_min_max_vars_per_channel` (8 bits, narrow range) with
+    its gradient in elementwise ops.
+
+    TF's `FakeQuantWithMinMaxVarsPerChannelGradient` walks the tensor one
+    channel (a strided column) at a time: on ResNet50 it was half of a QAT
+    train step. The gradient here is the same (straight-through inside the
+    nudged range, bit for bit; the rest to `low`/`high` summed per channel,
+    equal up to the order of the sums), as masks and selects that run
+    vectorized; the forward op is unchanged, so the converter reads the
+    same graph.
+    """
+    y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        x, low, high, num_bits=8, narrow_range=True
+    )
+
+    def grad(upstream):
+        nudged_min, nudged_max = _nudged_range(low, high)
+        axes = list(range(len(x.shape) - 1))
+        zeros = tf.zeros_like(upstream)
+        inside = tf.logical_and(x >= nudged_min, x <= nudged_max)
+        return (
+            tf.where(inside, upstream, zeros),
+            tf.reduce_sum(tf.where(x < nudged_min, upstream, zeros), axes),
+            tf.reduce_sum(tf.where(x > nudged_max, upstream, zeros), axes),
+        )
+
+    return y, grad
+
+
 def fake_quant_weight(weight, mode: str):
     """Fake-quantize a kernel as TFLite stores int8 weights.
 
@@ -71,17 +118,13 @@ def fake_quant_weight(weight, mode: str):
     if mode == "per_channel":
         axes = list(range(len(weight.shape) - 1))
         bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
-        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            weight, -bound, bound, num_bits=8, narrow_range=True
-        )
+        return _fake_quant_per_channel(weight, -bound, bound)
     if mode == "depthwise":
         shape = tf.shape(weight)
         kh, kw, cin, mult = weight.shape
         flat = tf.reshape(weight, [kh, kw, cin * mult])
         bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
-        flat = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            flat, -bound, bound, num_bits=8, narrow_range=True
-        )
+        flat = _fake_quant_per_channel(flat, -bound, bound)
         return tf.reshape(flat, shape)
     if mode == "transpose":
         # Per tensor: per-channel FakeQuant takes the last axis only, and the

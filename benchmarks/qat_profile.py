@@ -1,0 +1,137 @@
+"""Where a QAT train step spends its time: TF profiler, op types, per step.
+
+Builds `keras.applications.ResNet50(weights=None)` at 64x64 (batch 16,
+1000 classes) and its QAT copies (`bn_folding="moving"` and `"batch"`),
+times one compiled train step of each (interleaved rounds, median per-step
+wall time), then records a few steps of each under
+`tf.profiler.experimental.start/stop` and reads the trace with TF's own
+converter (`framework_op_stats`, no TensorBoard plugin needed): self time
+per op type per step, plain vs QAT. Shares survive machine load better
+than absolute times; the load average is recorded.
+
+Usage:
+
+    .venv/bin/python benchmarks/qat_profile.py --out benchmarks/results/qat_profile.json
+
+Prints one JSON object to stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+INPUT = (64, 64, 3)
+BATCH = 16
+
+
+def _models():
+    import keras
+
+    import tfaccel
+
+    keras.utils.set_random_seed(0)
+    plain = keras.applications.ResNet50(weights=None, input_shape=INPUT)
+    models = {"plain": plain}
+    for folding in ("moving", "batch"):
+        models[f"qat_{folding}"] = tfaccel.quantize(plain, bn_folding=folding)
+    for model in models.values():
+        model.compile(optimizer=keras.optimizers.SGD(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy())
+    return models
+
+
+def _step_times(models, x, y, rounds: int, steps: int) -> dict:
+    times: dict = {name: [] for name in models}
+    for model in models.values():  # trace and warm up
+        model.train_on_batch(x, y)
+    for r in range(rounds):
+        names = list(models)
+        names = names[r % len(names):] + names[: r % len(names)]
+        for name in names:
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                models[name].train_on_batch(x, y)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _op_stats(model, x, y, steps: int, logdir: str) -> dict[str, float]:
+    """Self time (ms per step) by op type, host ops of the train function."""
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    tf.profiler.experimental.stop()
+    paths = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))
+    data, ok = plugin.xspace_to_tools_data(paths[-1:], "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(data.decode()[:200])
+    table = json.loads(data)[0]
+    cols = [c["id"] for c in table["cols"]]
+    kind, self_us = cols.index("type"), cols.index("total_self_time")
+    out: dict[str, float] = {}
+    for row in table["rows"]:
+        values = [c["v"] for c in row["c"]]
+        if values[kind] == "IDLE":
+            continue
+        out[values[kind]] = out.get(values[kind], 0.0) + values[self_us] / 1e3 / steps
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--profile-steps", type=int, default=3)
+    args = parser.parse_args(argv)
+    log = common.Clock("qat_profile")
+    result: dict = {"benchmark": "qat_profile", "command": common.command_line(),
+                    "env": common.env_info(),
+                    "recipe": {"model": f"ResNet50 weights=None {INPUT}, 1000 classes",
+                               "batch": BATCH, "step": "train_on_batch, SGD 1e-3"}}
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (BATCH, *INPUT)).astype("float32")
+    y = rng.integers(0, 1000, BATCH).astype("int32")
+    models = _models()
+    log("models built")
+    step = _step_times(models, x, y, args.rounds, args.steps)
+    result["median_step_s"] = {k: round(v, 4) for k, v in step.items()}
+    result["ratio_vs_plain"] = {k: round(v / step["plain"], 3) for k, v in step.items()}
+    log(f"step times {result['median_step_s']}")
+    stats = {}
+    with tempfile.TemporaryDirectory() as logdir:
+        for name, model in models.items():
+            stats[name] = _op_stats(model, x, y, args.profile_steps,
+                                    os.path.join(logdir, name))
+            log(f"profiled {name}")
+    kinds = sorted(set().union(*stats.values()),
+                   key=lambda k: -max(s.get(k, 0.0) for s in stats.values()))
+    result["self_ms_per_step"] = {
+        k: {name: round(s.get(k, 0.0), 2) for name, s in stats.items()} for k in kinds}
+    result["total_self_ms_per_step"] = {
+        name: round(sum(s.values()), 1) for name, s in stats.items()}
+    result["elapsed_s"] = log.elapsed()
+    common.emit(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
