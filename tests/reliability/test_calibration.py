@@ -79,5 +79,5 @@ def test_two_input_model_calibrates_from_a_list_or_a_dict():
     from_dict = _ranges(qat)
     calibrate(qat, [xa, xb])
     assert _ranges(qat) == from_dict
-    with pytest.raises(ValueError, match=r"a list in the order \['a', 'b'\]"):
+    with pytest.raises(ValueError, match=r"a list \(or tuple\) of 2 arrays in the order of `model.inputs` \['a', 'b'\]"):
         calibrate(qat, [xa])
