@@ -293,3 +293,17 @@ def test_pruning_a_quantized_model_trains_like_quantizing_a_pruned_one(trained_c
         prune_quantized(after)
     with pytest.raises(ValueError, match="prune channels before `quantize`"):
         prune_quantized(qat, structure="channels")
+
+
+def test_unfinished_schedule_on_a_layer_qat_lowers_into_several_ops_warns():
+    # Conv1D becomes Reshape + CONV_2D + Reshape in QAT: its schedule cannot
+    # follow the kernel there, so quantize says so instead of dropping it.
+    inputs = keras.Input((16, 4))
+    x = keras.layers.Conv1D(8, 3, name="conv1d")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    pruned = tfaccel.prune(model, PolynomialDecay(0.0, 0.5, 0, 100, frequency=10))
+    with pytest.warns(TfaccelWarning, match=r"pruning cannot continue inside QAT.*'conv1d'"):
+        qat = tfaccel.quantize(pruned)
+    # The Dense keeps its schedule; the Conv1D is an ordinary QAT layer.
+    assert [w.name for w in pruning_wrappers(qat)] == ["quant_" + model.layers[-1].name]

@@ -197,15 +197,10 @@ class _Rewrite:
             "bn_folding": folding, "bn_freeze_step": freeze
         }
         pairs = [] if bn is None else [(bn, norm)]
-        source = self.pruning.get(id(layer))  # a schedule to keep running
+        # A schedule to keep running (`carry_pruning` carries none for a
+        # layer that QAT lowers into several ops: it warns and strips it).
+        source = self.pruning.get(id(layer))
         if kind in LOWERINGS:
-            if source is not None:
-                raise ValueError(
-                    f"The pruning schedule of layer '{layer.name}' "
-                    f"({type(layer).__name__}) cannot keep running inside QAT: "
-                    "the layer becomes several int8 ops. Finish the schedule "
-                    "(or call `tfaccel.strip_pruning`) before `quantize`."
-                )
             lowered = LOWERINGS[kind](layer)
             stages = lowered.kernels
             # Built with their share of the weights; the kernel to keep sparse
