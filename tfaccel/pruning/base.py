@@ -36,6 +36,25 @@ class PruningWrapper(keras.layers.Wrapper):
         """The int64 count of training calls so far (a layer variable)."""
         raise NotImplementedError
 
+    def _schedule_config(self) -> dict:
+        """The pruning entries of `get_config`: schedule, structure, calls."""
+        config = {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "structure": self.structure,
+        }
+        if getattr(self, "calls_per_step", 1) != 1:
+            config["calls_per_step"] = self.calls_per_step
+        return config
+
+    @staticmethod
+    def _schedule_from_config(config: dict, custom_objects=None) -> dict:
+        """A copy of `config` with its schedule deserialized."""
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(
+            config["schedule"], custom_objects=custom_objects
+        )
+        return config
+
     def sparsity(self) -> dict[str, float]:
         """Fraction of exact zeros of each weight the layer computes with.
 

@@ -197,17 +197,8 @@ class PrunedQuantizeWrapper(QuantizeWrapper, PruningWrapper):
         return [new]
 
     def get_config(self):
-        config = super().get_config()
-        config["schedule"] = keras.saving.serialize_keras_object(self.schedule)
-        config["structure"] = self.structure
-        if self.calls_per_step != 1:
-            config["calls_per_step"] = self.calls_per_step
-        return config
+        return {**super().get_config(), **self._schedule_config()}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(
-            config["schedule"], custom_objects=custom_objects
-        )
-        return super().from_config(config)
+        return super().from_config(cls._schedule_from_config(config, custom_objects))
