@@ -85,6 +85,16 @@ def _dequantize(y: np.ndarray, details: dict) -> np.ndarray:
     return y.astype("float32")
 
 
+def _top1_agreement(want: np.ndarray, have: np.ndarray) -> float:
+    """The file's top-1 is one of the Keras model's top-1 classes (an exact
+    tie in the Keras output is not a disagreement; a tie in the file is).
+    The same rule as `tfaccel.export.verify.top1_agreement`, kept here so the
+    tf_keras (tfmot) process does not import tfaccel."""
+    picked = have.argmax(-1)[..., None]
+    return float(np.mean(np.take_along_axis(want, picked, -1)[..., 0]
+                         == want.max(-1)))
+
+
 def parity(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> dict:
     """Top-1 agreement (outputs with a class axis) and MAE / output std."""
     per_output = []
@@ -95,7 +105,9 @@ def parity(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> dict:
         mae = float(np.mean(np.nan_to_num(np.abs(have - want), nan=np.inf)))
         item = {"mae": mae, "std": std, "mae_over_std": mae / std if std > 0 else None}
         if want.ndim >= 2 and want.shape[-1] > 1:
-            item["agreement"] = float(np.mean(have.argmax(-1) == want.argmax(-1)))
+            item["agreement"] = _top1_agreement(want, have)
+            item["reference_ties"] = int(np.sum((want == want.max(-1, keepdims=True))
+                                                .sum(-1) > 1))
         per_output.append(item)
     agreements = [o["agreement"] for o in per_output if "agreement" in o]
     ratios = [o["mae_over_std"] for o in per_output if o["mae_over_std"] is not None]

@@ -2,7 +2,9 @@
 
 The file is run on the same samples as the Keras model and the outputs are
 compared: top-1 agreement on classification-like outputs (last dimension >
-1) and absolute error of the dequantized outputs. A NaN or inf output on
+1; `top1_agreement`: a sample agrees when the file's top-1 is one of the
+Keras model's top-1 classes, so an exact tie in the Keras output -- common
+when a QAT model's logits are int8 -- is not a disagreement) and absolute error of the dequantized outputs. A NaN or inf output on
 either side is never "no error": it fails verification whatever the
 tolerance (garbage must not pass). Without a user `min_agreement`, an
 agreement under `DEFAULT_MIN_AGREEMENT` warns and is noted in the report
@@ -90,6 +92,23 @@ def _nonfinite(outputs: dict, side: str) -> list[str]:
     return found
 
 
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of samples whose `candidate` top-1 is a top-1 of `reference`.
+
+    Ties count only on the reference side (the Keras model): where its
+    largest value is shared by several classes, the candidate may pick any
+    of them. A tie in the candidate is not excused, so a constant (garbage)
+    file still disagrees with a reference that is not constant. Both arrays
+    have the class on the last axis.
+    """
+    reference = np.asarray(reference, np.float32)
+    candidate = np.asarray(candidate).reshape(reference.shape)
+    flat = reference.reshape(-1, reference.shape[-1])
+    picked = np.argmax(candidate.reshape(flat.shape), -1)
+    chosen = np.take_along_axis(flat, picked[:, None], -1)[:, 0]
+    return float(np.mean(chosen == flat.max(-1)))
+
+
 def _compare(expected: dict, got: dict) -> dict[str, Any]:
     agreements, max_err, abs_sum, count = [], 0.0, 0.0, 0
     for key, want in expected.items():
@@ -101,9 +120,7 @@ def _compare(expected: dict, got: dict) -> dict[str, Any]:
         abs_sum += float(diff.sum())
         count += diff.size
         if want.ndim >= 2 and want.shape[-1] > 1:
-            agreements.append(
-                float(np.mean(np.argmax(have, -1) == np.argmax(want, -1)))
-            )
+            agreements.append(top1_agreement(want, have))
     return {
         "agreement": min(agreements) if agreements else None,
         "max_abs_error": max_err,
