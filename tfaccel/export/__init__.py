@@ -8,6 +8,7 @@ file against the Keras model, writes it atomically and returns an
 from tfaccel.export import recurrent  # noqa: F401  (registers its export step)
 from tfaccel.export.inspect import inspect_tflite
 from tfaccel.export.latency import benchmark_tflite
+from tfaccel.export.layer_parity import LayerParity, compare_layers
 from tfaccel.export.report import ExportReport
 from tfaccel.export.tflite import VerificationError, export_tflite, run_tflite
 from tfaccel.export.validate import InvalidTFLiteError, validate_tflite
@@ -15,8 +16,10 @@ from tfaccel.export.validate import InvalidTFLiteError, validate_tflite
 __all__ = [
     "ExportReport",
     "InvalidTFLiteError",
+    "LayerParity",
     "VerificationError",
     "benchmark_tflite",
+    "compare_layers",
     "export_tflite",
     "inspect_tflite",
     "run_tflite",

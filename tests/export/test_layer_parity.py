@@ -1,0 +1,50 @@
+"""`compare_layers`: per-layer parity of an int8 file with its QAT model."""
+
+import numpy as np
+import pytest
+
+from tfaccel import export_tflite
+from tfaccel.export import compare_layers
+from tfaccel.quantization import QuantizeWrapper, quantize
+
+
+@pytest.fixture(scope="module")
+def qat_file(trained_cnn, digits, tmp_path_factory):
+    x_train, _, x_test, _ = digits
+    qat = quantize(trained_cnn, calibration_data=x_train[:256])
+    path = str(tmp_path_factory.mktemp("parity") / "cnn_int8.tflite")
+    export_tflite(qat, path, verification_data=x_test[:64])
+    return qat, path, x_test[:64]
+
+
+def test_every_quantized_layer_is_found_and_matches_the_file(qat_file):
+    qat, path, x = qat_file
+    rows = compare_layers(qat, path, x)
+    wrappers = [layer.name for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    assert wrappers and set(wrappers) <= {r.layer for r in rows}
+    assert [r.op_index for r in rows] == sorted(r.op_index for r in rows)
+    for row in rows:
+        # Bit-exact up to outputs on a rounding boundary: a step at most.
+        assert row.off_by_more == 0.0, row
+        assert row.exact >= 0.95, row
+
+
+def test_a_layer_that_computes_differently_is_pointed_at(qat_file):
+    qat, path, x = qat_file
+    wrapper = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
+    kernel = wrapper.layer.kernel
+    saved = kernel.numpy()
+    kernel.assign(saved * -1.0)  # the Keras model no longer is the file's
+    try:
+        rows = {r.layer: r for r in compare_layers(qat, path, x)}
+    finally:
+        kernel.assign(saved)
+    assert rows[wrapper.name].off_by_more > 0.2
+    assert rows[wrapper.name].max_steps >= 10
+
+
+def test_bad_inputs_are_named(qat_file):
+    qat, path, x = qat_file
+    with pytest.raises(ValueError, match=r"`x` must be a batch .*Received: x.shape"):
+        compare_layers(qat, path, x[:, :4])
+    assert np.isfinite(x).all()

@@ -1,0 +1,163 @@
+"""`compare_layers`: where an int8 file parts from its QAT Keras model.
+
+`export_tflite` verifies a file on its outputs only. When its top-1
+agreement falls short, the question is which layer the int8 file first
+computes differently. `compare_layers` runs the file with every
+intermediate tensor kept, finds the Keras layer behind each int8 tensor
+(the converter names a tensor after the layers whose ops it fused into it)
+and measures, on the file's own integer grid, how many of that layer's
+outputs the two sides round differently.
+
+What it typically shows for a deep QAT network: the first layers agree
+except for outputs that sit within a rounding error of a step boundary
+(the file adds an int32 bias rounded to the scale `s_input * s_weight`; the
+Keras model adds the float bias), and the share of one-step differences
+grows with depth as each layer amplifies its inputs' differences. A layer
+where the share jumps from near zero to many steps is a modelling error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LayerParity", "compare_layers"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerParity:
+    """One layer's int8 output, the file against the Keras model.
+
+    Attributes:
+        layer: the Keras layer's name.
+        op: the TFLite op that produces the tensor (e.g. `"CONV_2D"`).
+        op_index: the op's position in the file's execution order.
+        off_by_one: share of the outputs exactly one step apart.
+        off_by_more: share of the outputs two or more steps apart.
+        max_steps: the largest difference, in quantization steps.
+    """
+
+    layer: str
+    op: str
+    op_index: int
+    off_by_one: float
+    off_by_more: float
+    max_steps: int
+
+    @property
+    def exact(self) -> float:
+        """Share of the outputs on the same integer on both sides."""
+        return 1.0 - self.off_by_one - self.off_by_more
+
+
+def _interpreter(path: str | os.PathLike):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from tfaccel.export.validate import validate_tflite
+
+    return Interpreter(
+        model_content=validate_tflite(os.fspath(path)),
+        experimental_preserve_all_tensors=True,
+        # The reference kernels: what the spec computes, not a delegate's.
+        experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+    )
+
+
+def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[LayerParity]:
+    """Compare each layer's int8 output in the file with the Keras model's.
+
+    Runs the `.tflite` file at `path` on `x` (LiteRT's reference kernels,
+    every tensor kept), maps each int8 output tensor to the Keras layer of
+    `model` it comes from (the last such tensor of each layer whose shape is
+    the layer's output shape), and compares the file's integers with the
+    Keras layer outputs quantized to the same scale and zero point.
+
+    Example:
+
+    >>> rows = compare_layers(qat_model, "model_int8.tflite", x_test[:32])  # doctest: +SKIP
+    >>> [r.layer for r in rows if r.off_by_more > 0.01][:1]                  # doctest: +SKIP
+    ['quant_block_1_expand']
+
+    Args:
+        model: the Keras model the file was exported from (a QAT model for
+            an int8 file), single input, functional or Sequential.
+        path: the `.tflite` file.
+        x: a batch of float inputs (numpy), as the Keras model takes them.
+
+    Returns:
+        A list of `LayerParity` in the file's execution order; empty when no
+        int8 tensor names a layer of `model`.
+
+    Raises:
+        ValueError: `model` or the file does not have exactly one input,
+            or `x` does not match the file's input shape.
+        tfaccel.export.validate.InvalidTFLiteError: not a valid TFLite file.
+    """
+    import keras
+
+    from tfaccel.export.islands import layer_of
+    from tfaccel.export.run import to_file_dtype
+
+    if len(model.inputs) != 1:
+        raise ValueError(
+            "`compare_layers` takes a single-input model. Received: model with "
+            f"{len(model.inputs)} inputs"
+        )
+    x = np.asarray(x, np.float32)
+    interpreter = _interpreter(path)
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise ValueError(
+            "`compare_layers` takes a single-input file. Received: a file with "
+            f"{len(inputs)} inputs"
+        )
+    detail = inputs[0]
+    if x.shape[1:] != tuple(detail["shape"][1:]):
+        raise ValueError(
+            f"`x` must be a batch of the file's input shape "
+            f"{tuple(detail['shape'][1:])}. Received: x.shape={x.shape}"
+        )
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], to_file_dtype(x, detail))
+    interpreter.invoke()
+
+    layers = {layer.name: layer for layer in model.layers}
+    names_known = set(layers)
+    found: dict[str, tuple[int, str, int]] = {}
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - LiteRT's op table
+        for index in op["outputs"]:
+            tensor = interpreter._get_tensor_details(index, 0)  # noqa: SLF001
+            scale, _ = tensor["quantization"]
+            if np.dtype(tensor["dtype"]) != np.int8 or not scale:
+                continue
+            name = layer_of([tensor["name"]], names_known)
+            if name is None:
+                continue
+            want = tuple(layers[name].output.shape[1:])
+            if tuple(tensor["shape"][1:]) == want:
+                found[name] = (op["index"], op["op_name"], index)
+    if not found:
+        return []
+    names = sorted(found, key=lambda n: found[n][0])
+    probe = keras.Model(model.inputs, [layers[n].output for n in names])
+    outputs = probe.predict(x, verbose=0, batch_size=len(x))
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    rows = []
+    for name, want in zip(names, outputs):
+        op_index, op_name, index = found[name]
+        tensor = interpreter._get_tensor_details(index, 0)  # noqa: SLF001
+        scale, zero_point = tensor["quantization"]
+        have = interpreter.get_tensor(index).astype(np.int64)
+        keras_q = np.clip(np.round(np.asarray(want) / scale) + zero_point, -128, 127)
+        steps = np.abs(keras_q.astype(np.int64) - have)
+        rows.append(LayerParity(
+            layer=name, op=op_name, op_index=int(op_index),
+            off_by_one=float(np.mean(steps == 1)),
+            off_by_more=float(np.mean(steps >= 2)),
+            max_steps=int(steps.max()) if steps.size else 0,
+        ))
+    return rows
