@@ -158,15 +158,15 @@ class QuantizedSublayers(keras.layers.Wrapper):
         _swap(self.layer, self.ema_decay)
         self._swapped = True
 
-    def build(self, *args, **kwargs):
+    def build(self, inputs_shape):
         if not self.layer.built:
-            self.layer.build(*args, **kwargs)
+            self.layer.build(inputs_shape)
         if not self._swapped:
             self._swap()
         self.built = True
 
-    def call(self, *args, **kwargs):
-        return self.layer(*args, **kwargs)
+    def call(self, inputs, *args, **kwargs):
+        return self.layer(inputs, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
