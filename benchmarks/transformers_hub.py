@@ -133,11 +133,11 @@ def _quantize(model, calib, refused_classes) -> tuple[Any, dict[str, Any]]:
         return None, info
 
 
-def _row(model, x_train, y_train, x_test, y_test, name, workdir, refused, inputs):
+def _row(build, x_train, y_train, x_test, y_test, name, workdir, refused, inputs):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = common.compile_classifier(model, keras)
+    model = common.compile_classifier(build(), keras)
     model.fit(x_train, y_train, epochs=HUB_EPOCHS, batch_size=common.BATCH, verbose=0)
     res: dict[str, Any] = {"params": model.count_params()}
     res["float_acc"] = common.accuracy(model, x_test, y_test)
@@ -169,7 +169,7 @@ def bert_row(data, workdir: str, log) -> dict[str, Any]:
 
     x_train, y_train, x_test, y_test = data
     t_test = digit_tokens(x_test)
-    res = _row(bert_classifier(), digit_tokens(x_train), y_train, t_test, y_test,
+    res = _row(bert_classifier, digit_tokens(x_train), y_train, t_test, y_test,
                "bert", workdir, [PositionEmbedding, TransformerEncoder],
                {k: v[:1] for k, v in t_test.items()})
     log(f"hub bert: float {res['float_acc']:.4f}, int8 {res.get('int8', {}).get('acc')}")
@@ -180,7 +180,7 @@ def vit_row(data, workdir: str, log) -> dict[str, Any]:
     from keras_hub.src.models.vit.vit_layers import ViTEncoder, ViTPatchingAndEmbedding
 
     x_train, y_train, x_test, y_test = data
-    res = _row(vit_classifier(), x_train, y_train, x_test, y_test, "vit", workdir,
+    res = _row(vit_classifier, x_train, y_train, x_test, y_test, "vit", workdir,
                [ViTPatchingAndEmbedding, ViTEncoder], x_test[:1])
     log(f"hub vit: float {res['float_acc']:.4f}, int8 {res.get('int8', {}).get('acc')}")
     return res

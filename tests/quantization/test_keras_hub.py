@@ -146,6 +146,30 @@ def test_keras_round_trip_of_qat_model(name, request, digits, tmp_path):
     )
 
 
+def test_token_and_position_embedding_feeds_int8_attention(digits, tmp_path):
+    """The embedding's own sum gets a range: the encoder's projections read
+    int8 (else its FULLY_CONNECTEDs stay float); the QAT model round-trips
+    although the embedding's get_config reads its (swapped) sublayer."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((SEQ,), dtype="int32")
+    x = keras_hub.layers.TokenAndPositionEmbedding(66, SEQ, 16)(ids)
+    x = keras_hub.layers.TransformerEncoder(32, 2)(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling1D()(x))
+    tokens = _tokens(digits[2])["token_ids"]
+    qat = quantize(keras.Model(ids, outputs), calibration_data=tokens[:64])
+    report = export_tflite(
+        qat, str(tmp_path / "m.tflite"), quantization="int8", verification_data=tokens
+    )
+    assert report.ops["FULLY_CONNECTED"] == {"int8": 7}
+    assert report.ops["BATCH_MATMUL"] == {"int8": 2}
+    assert report.mean_abs_error < 0.05
+    qat.save(str(tmp_path / "m.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+    np.testing.assert_allclose(
+        np.asarray(loaded(tokens[:8])), np.asarray(qat(tokens[:8])), atol=1e-5
+    )
+
+
 def test_keras_hub_layers_are_registered_lazily():
     code = "import sys, tfaccel; print('keras_hub' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -23,6 +23,7 @@ KerasHub's layers are registered lazily, by class path, the first time
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import keras
@@ -49,8 +50,27 @@ __all__ = ["QuantizedSublayers", "quantize_sublayers"]
 _KERNELS = ("per_tensor", "per_channel", "depthwise")
 
 
+class _Chain(keras.layers.Layer):
+    """A sublayer followed by its quantizers, called like the sublayer.
+
+    Made again by every swap (never serialized on its own), so the parent's
+    `call` may pass the sublayer its own keywords (`start_index=`).
+    """
+
+    def __init__(self, layers: list, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.chain = list(layers)
+
+    def call(self, inputs, *args, **kwargs):
+        first, *rest = self.chain
+        outputs = first(inputs, *args, **kwargs)
+        for layer in rest:
+            outputs = layer(outputs)
+        return outputs
+
+
 def _chain(layers: list) -> Any:
-    return layers[0] if len(layers) == 1 else keras.Sequential(layers)
+    return layers[0] if len(layers) == 1 else _Chain(layers, name=f"{layers[0].name}_chain")
 
 
 def _kernel_twin(layer, kind: str, ema_decay: float) -> Any:
@@ -151,6 +171,12 @@ class QuantizedSublayers(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.ema_decay = float(ema_decay)
         self._swapped = False
+        # Serialized before the swap: a layer's get_config may read its
+        # sublayers (TokenAndPositionEmbedding's `tie_weights`).
+        spec = keras.saving.serialize_keras_object(self.layer)
+        spec["config"] = loadable_config(self.layer)
+        # Not tracked (a tracked dict refers back to this layer).
+        object.__setattr__(self, "_layer_spec", spec)
         if self.layer.built:
             self._swap()
 
@@ -169,8 +195,8 @@ class QuantizedSublayers(keras.layers.Wrapper):
         return self.layer(inputs, *args, **kwargs)
 
     def get_config(self):
-        config = super().get_config()
-        config["layer"]["config"] = loadable_config(self.layer)
+        config = keras.layers.Layer.get_config(self)  # the wrapped layer as it was
+        config["layer"] = copy.deepcopy(self._layer_spec)
         config["ema_decay"] = self.ema_decay
         return config
 
@@ -188,8 +214,14 @@ class QuantizedSublayers(keras.layers.Wrapper):
         return cls(inner, **config)
 
 
-def quantize_sublayers(layer: keras.layers.Layer, ema_decay: float) -> Replacement:
+def quantize_sublayers(
+    layer: keras.layers.Layer, ema_decay: float, output_range: bool = False
+) -> Replacement:
     """`register_qat_layer` factory: `layer`'s copy, quantized from the inside.
+
+    With `output_range=True` an `ActivationQuantizer` follows the layer: for
+    a layer that ends in an op of its own `call` (an embedding's sum of
+    token and position tables) read by int8 layers, such as attention.
 
     Example:
 
@@ -206,15 +238,33 @@ def quantize_sublayers(layer: keras.layers.Layer, ema_decay: float) -> Replaceme
     inner = copy_layer(layer)
     copy_weights(layer, inner)  # before the swap: same layout as `layer`
     wrapper = QuantizedSublayers(inner, ema_decay=ema_decay, name=f"quant_{layer.name}")
-    return Replacement(wrapper)
+    if not output_range:
+        return Replacement(wrapper)
+    quantizer = ActivationQuantizer(ema_decay=ema_decay, name=f"{layer.name}_quant")
+    return Replacement(wrapper, after=[quantizer])
+
+
+def _quantize_embedding_sublayers(layer, ema_decay: float) -> Replacement:
+    return quantize_sublayers(layer, ema_decay, output_range=True)
+
+
+_SUBLAYER_FACTORIES = (quantize_sublayers, _quantize_embedding_sublayers)
 
 
 def _is_sublayer_rule(layer) -> bool:
-    return any(_FACTORIES.get(cls) is quantize_sublayers for cls in type(layer).__mro__)
+    return any(
+        _FACTORIES.get(cls) in _SUBLAYER_FACTORIES for cls in type(layer).__mro__
+    )
 
 
 def _register_sublayers(cls: type) -> None:
     register_qat_layer(cls, quantize_sublayers, supported=lambda layer: layer.built)
+
+
+def _register_embedding_sublayers(cls: type) -> None:
+    register_qat_layer(
+        cls, _quantize_embedding_sublayers, supported=lambda layer: layer.built
+    )
 
 
 def _register_output(cls: type) -> None:
@@ -224,9 +274,12 @@ def _register_output(cls: type) -> None:
 
 _HUB = "keras_hub.src."
 for _path in (
-    "layers.modeling.transformer_encoder.TransformerEncoder",
     "layers.modeling.token_and_position_embedding.TokenAndPositionEmbedding",
     "models.vit.vit_layers.ViTPatchingAndEmbedding",
+):
+    register_lazy(_HUB + _path, _register_embedding_sublayers)
+for _path in (
+    "layers.modeling.transformer_encoder.TransformerEncoder",
     "models.vit.vit_layers.ViTEncoder",
     "models.vit.vit_layers.ViTEncoderBlock",
     "models.vit.vit_layers.MLP",
