@@ -7,21 +7,24 @@ The `hub` section of `benchmarks/transformers.py`:
   a "sentence" of 64 tokens (its pixel intensities 0..16, real data), its
   pooled output into `Dense(10)`; trained float for a few epochs;
 - a small ViT: `keras_hub.models.ViTBackbone` (8x8x1 images, 2x2 patches,
-  2 layers, 4 heads, hidden 32), its class token into `Dense(10)`.
+  2 layers, 4 heads, hidden 32), its class token into `Dense(10)`; trained
+  float the same way.
 
-Each goes through `tfaccel.quantize` (first as is; where QAT refuses a
-KerasHub layer the error is recorded and, if possible, the refused layers
-are kept float with `skip=`) -> `export_tflite(quantization="int8",
-verification_data=...)` -> op table by dtype, and float32 vs int8 latency
-at 1 and 2 threads (`tfaccel.export.benchmark_tflite`, which feeds random
-inputs; a token-id model is timed on real token ids instead, see
-`_latency`).
+Each goes through `tfaccel.quantize` (its `TransformerEncoder`,
+`PositionEmbedding`, `ViTPatchingAndEmbedding` and `ViTEncoder` layers are
+quantized from the inside, `tfaccel.quantization.QuantizedSublayers`; where
+QAT refuses a layer the error is recorded and the refused layers are kept
+float with `skip=`), calibrated on 256 training samples, no QAT epochs ->
+`export_tflite(quantization="int8", verification_data=...)` -> op table by
+dtype, accuracy of the file, and float32 vs int8 latency at 1 and 2
+threads (`tfaccel.export.benchmark_tflite` on one real test sample,
+`inputs=`; it is also run once on random inputs, whose token ids it draws
+within the embedding tables).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import traceback
 from typing import Any
 
@@ -41,27 +44,28 @@ def recipe() -> dict[str, str]:
         f"{SEQ}) on digits read as 64 pixel tokens, pooled -> Dense(10); Adam "
         f"{common.LR}, {HUB_EPOCHS} float epochs; quantize (calibrated, no QAT "
         "epochs) -> export_tflite(int8)",
-        "vit": f"keras_hub ViTBackbone({VIT}, image 8x8x1) -> class token -> Dense(10), "
-        "untrained",
+        "vit": f"keras_hub ViTBackbone({VIT}, image 8x8x1) -> class token -> Dense(10); "
+        f"Adam {common.LR}, {HUB_EPOCHS} float epochs; quantize (calibrated, no QAT "
+        "epochs) -> export_tflite(int8)",
     }
 
 
-def digit_tokens(x: np.ndarray) -> list[np.ndarray]:
+def digit_tokens(x: np.ndarray) -> dict[str, np.ndarray]:
     """Digits as BERT inputs: 64 pixel-intensity tokens, one segment, no padding."""
     tokens = np.rint(x.reshape(len(x), -1) * 16).astype("int32")
-    return [tokens, np.zeros_like(tokens), np.ones_like(tokens)]
+    return dict(zip(NAMES, [tokens, np.zeros_like(tokens), np.ones_like(tokens)]))
 
 
 def bert_classifier():
-    """List inputs (not a dict: `quantize`'s calibration feeds a list)."""
+    """A dict of inputs, as KerasHub backbones take them."""
     import keras
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=VOCAB, max_sequence_length=SEQ, **BERT
     )
-    inputs = [keras.Input((SEQ,), dtype="int32", name=n) for n in NAMES]
-    pooled = backbone(dict(zip(NAMES, inputs)))["pooled_output"]
+    inputs = {n: keras.Input((SEQ,), dtype="int32", name=n) for n in NAMES}
+    pooled = backbone(inputs)["pooled_output"]
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(pooled))
 
 
@@ -79,29 +83,22 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:400]}"
 
 
-def _latency(path: str, sample: list[np.ndarray], threads: int, runs: int = 100,
-             warmup: int = 10) -> dict[str, float]:
-    """Single-sample latency on real inputs (token ids must index the vocabulary)."""
-    from ai_edge_litert.interpreter import Interpreter
+def _latency(path: str, threads=(1, 2), inputs=None) -> dict[str, dict[str, float]]:
+    from tfaccel.export import benchmark_tflite
 
-    from tfaccel.export.latency import _timings  # benchmark_tflite's timer
-
-    interp = Interpreter(model_path=path, num_threads=threads)
-    interp.allocate_tensors()
-    for detail in interp.get_input_details():
-        (i,) = [k for k, n in enumerate(NAMES) if n in detail["name"]]
-        interp.set_tensor(detail["index"], sample[i][:1].astype(detail["dtype"]))
-    times = _timings(interp, runs, warmup)
-    return {"median_ms": round(statistics.median(times), 4),
-            "min_ms": round(min(times), 4)}
+    rows = benchmark_tflite(path, threads=list(threads), runs=100, warmup=10,
+                            inputs=inputs)
+    return {str(r["threads"]): {"median_ms": round(r["median_ms"], 4),
+                                "min_ms": round(r["min_ms"], 4)} for r in rows}
 
 
-def _file_accuracy(path: str, x: list[np.ndarray], y: np.ndarray) -> float:
+def _file_accuracy(path: str, x, y: np.ndarray) -> float:
     from tfaccel.export.run import signature_runner
 
     runner = signature_runner(path)
+    feeds = x if isinstance(x, dict) else {next(iter(runner.get_input_details())): x}
     logits = [
-        next(iter(runner(**{n: a[i : i + 1] for n, a in zip(NAMES, x)}).values()))
+        next(iter(runner(**{n: a[i : i + 1] for n, a in feeds.items()}).values()))
         for i in range(len(y))
     ]
     return float(np.mean(np.argmax(np.concatenate(logits), -1) == y))
@@ -136,69 +133,56 @@ def _quantize(model, calib, refused_classes) -> tuple[Any, dict[str, Any]]:
         return None, info
 
 
-def bert_row(data, workdir: str, log) -> dict[str, Any]:
+def _row(build, x_train, y_train, x_test, y_test, name, workdir, refused, inputs):
     import keras
-    from keras_hub.layers import PositionEmbedding, TransformerEncoder
 
-    x_train, y_train, x_test, y_test = data
-    t_train, t_test = digit_tokens(x_train), digit_tokens(x_test)
     keras.utils.set_random_seed(0)
-    model = common.compile_classifier(bert_classifier(), keras)
-    model.fit(t_train, y_train, epochs=HUB_EPOCHS, batch_size=common.BATCH, verbose=0)
+    model = common.compile_classifier(build(), keras)
+    model.fit(x_train, y_train, epochs=HUB_EPOCHS, batch_size=common.BATCH, verbose=0)
     res: dict[str, Any] = {"params": model.count_params()}
-    res["float_acc"] = common.accuracy(model, t_test, y_test)
-    paths = {"float32": os.path.join(workdir, "hub_bert_float.tflite")}
-    res["float32"] = _export(model, paths["float32"], t_test)
-    qat, info = _quantize(model, [a[:256] for a in t_train],
-                          [PositionEmbedding, TransformerEncoder])
+    res["float_acc"] = common.accuracy(model, x_test, y_test)
+    paths = {"float32": os.path.join(workdir, f"hub_{name}_float.tflite")}
+    res["float32"] = _export(model, paths["float32"], x_test)
+    calib = keras.tree.map_structure(lambda a: a[:256], x_train)
+    qat, info = _quantize(model, calib, refused)
     res.update(info)
     if qat is not None:
-        res["qat_keras_acc"] = common.accuracy(qat, t_test, y_test)
-        paths["int8"] = os.path.join(workdir, "hub_bert_int8.tflite")
-        res["int8"] = _export(qat, paths["int8"], t_test, quantization="int8")
-        res["int8"]["acc"] = _file_accuracy(paths["int8"], t_test, y_test)
+        res["qat_keras_acc"] = common.accuracy(qat, x_test, y_test)
+        paths["int8"] = os.path.join(workdir, f"hub_{name}_int8.tflite")
+        res["int8"] = _export(qat, paths["int8"], x_test, quantization="int8")
+        res["int8"]["acc"] = _file_accuracy(paths["int8"], x_test, y_test)
         res["int8"]["vs_float32_bytes"] = round(
             res["int8"]["bytes"] / res["float32"]["bytes"], 4
         )
-    try:
-        from tfaccel.export import benchmark_tflite
-
-        benchmark_tflite(paths["float32"], threads=[1], runs=1)
+    try:  # random inputs (token ids drawn within the embedding tables)
+        _latency(paths["float32"], threads=[1])
     except Exception as exc:  # noqa: BLE001
         res["benchmark_tflite_error"] = _error(exc)
     for kind, path in paths.items():
-        res[kind]["latency"] = {str(t): _latency(path, t_test, t) for t in (1, 2)}
-    log(f"hub bert: float {res['float_acc']:.4f}, int8 {res.get('int8', {}).get('acc')}")
+        res[kind]["latency"] = _latency(path, inputs=inputs)
     keras.backend.clear_session()
     return res
 
 
+def bert_row(data, workdir: str, log) -> dict[str, Any]:
+    from keras_hub.layers import PositionEmbedding, TransformerEncoder
+
+    x_train, y_train, x_test, y_test = data
+    t_test = digit_tokens(x_test)
+    res = _row(bert_classifier, digit_tokens(x_train), y_train, t_test, y_test,
+               "bert", workdir, [PositionEmbedding, TransformerEncoder],
+               {k: v[:1] for k, v in t_test.items()})
+    log(f"hub bert: float {res['float_acc']:.4f}, int8 {res.get('int8', {}).get('acc')}")
+    return res
+
+
 def vit_row(data, workdir: str, log) -> dict[str, Any]:
-    import keras
     from keras_hub.src.models.vit.vit_layers import ViTEncoder, ViTPatchingAndEmbedding
 
-    from tfaccel.export import benchmark_tflite
-
-    x_train, _, x_test, _ = data
-    keras.utils.set_random_seed(0)
-    model = vit_classifier()
-    res: dict[str, Any] = {"params": model.count_params()}
-    paths = {"float32": os.path.join(workdir, "hub_vit_float.tflite")}
-    res["float32"] = _export(model, paths["float32"], x_test[:128])
-    qat, info = _quantize(model, x_train[:256], [ViTPatchingAndEmbedding, ViTEncoder])
-    res.update(info)
-    if qat is not None:
-        paths["int8"] = os.path.join(workdir, "hub_vit_int8.tflite")
-        res["int8"] = _export(qat, paths["int8"], x_test[:128], quantization="int8")
-    for kind, path in paths.items():
-        rows = benchmark_tflite(path, threads=[1, 2], runs=100, warmup=10)
-        res[kind]["latency"] = {
-            str(r["threads"]): {"median_ms": round(r["median_ms"], 4),
-                                "min_ms": round(r["min_ms"], 4)}
-            for r in rows
-        }
-    log(f"hub vit: {res.get('qat_skip_error') or res.get('qat_error') or 'int8 ok'}")
-    keras.backend.clear_session()
+    x_train, y_train, x_test, y_test = data
+    res = _row(vit_classifier, x_train, y_train, x_test, y_test, "vit", workdir,
+               [ViTPatchingAndEmbedding, ViTEncoder], x_test[:1])
+    log(f"hub vit: float {res['float_acc']:.4f}, int8 {res.get('int8', {}).get('acc')}")
     return res
 
 
@@ -265,19 +249,20 @@ def render_hub(d: dict | None, command: str = "") -> list[str]:
     lines += ["| " + " | ".join(c) + " |" for c in table]
     lines.append("")
     bert, vit = d.get("bert") or {}, d.get("vit") or {}
-    if "float_acc" in bert:
-        acc = bert.get("int8", {}).get("acc")
-        lines += [
-            f"BERT on digits as 64 pixel tokens, {HUB_EPOCHS} float epochs: float "
-            f"accuracy {bert['float_acc']:.2%}, int8 file "
-            f"{'n/a' if acc is None else f'{acc:.2%}'}.",
-            "",
-        ]
+    for r, what in ((bert, "BERT on digits as 64 pixel tokens"), (vit, "ViT on digits")):
+        if "float_acc" in r:
+            acc = r.get("int8", {}).get("acc")
+            lines += [
+                f"{what}, {HUB_EPOCHS} float epochs: float accuracy "
+                f"{r['float_acc']:.2%}, int8 file "
+                f"{'n/a' if acc is None else f'{acc:.2%}'}.",
+                "",
+            ]
     for r, label in ((bert, "BERT"), (vit, "ViT")):
         for key, what in (("qat_error", "QAT refused"),
                           ("qat_skip_error", "with the refused layers kept float"),
-                          ("benchmark_tflite_error", "`benchmark_tflite` (random "
-                           "int32 token ids; timed on real ids instead)")):
+                          ("benchmark_tflite_error", "`benchmark_tflite` on random "
+                           "inputs")):
             if r.get(key):
                 lines += [f"- {label}, {what}: `{r[key]}`"]
         if r.get("int8"):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_finite_weights", "iter_batches", "normalize_data"]
+__all__ = ["check_finite_weights", "iter_batches", "model_input", "normalize_data"]
 
 
 def _is_array_like(value: Any) -> bool:
@@ -47,6 +47,33 @@ def _input_specs(model) -> list[tuple[str, tuple, str]]:
         dtype = str(getattr(tensor, "dtype", "float32"))
         specs.append((tensor.name, tuple(tensor.shape), dtype))
     return specs
+
+
+def model_input(model, arrays: list) -> Any:
+    """A batch (one array per `model.inputs`) in the structure `model` takes.
+
+    A model built on a dict of inputs (KerasHub's `token_ids`,
+    `padding_mask`, ...) lists them in `model.inputs` sorted by key and
+    refuses a list when called: it gets the dict back.
+
+    Example:
+
+    >>> import keras
+    >>> a, b = keras.Input((2,), name="a"), keras.Input((3,), name="b")
+    >>> model = keras.Model({"x": b, "y": a}, keras.layers.Concatenate()([a, b]))
+    >>> {k: v.shape for k, v in model_input(model, [np.ones((1, 3)), np.ones((1, 2))]).items()}
+    {'x': (1, 3), 'y': (1, 2)}
+    """
+    if len(arrays) == 1:
+        return arrays[0]
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        return arrays
+    if not isinstance(structure, Mapping):
+        return arrays
+    index = {id(tensor): i for i, tensor in enumerate(model.inputs)}
+    return {key: arrays[index[id(tensor)]] for key, tensor in structure.items()}
 
 
 def _multi_input_forms(names: list[str]) -> str:

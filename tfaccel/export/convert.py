@@ -47,6 +47,31 @@ def check_convertible(model, qat: bool, notes: list[str]) -> None:
         warnings.warn(message, TfaccelWarning, stacklevel=3)
 
 
+def _converter(tf, model):
+    """`from_keras_model`, on a list-input view of a model built on a dict.
+
+    TF 2.21's `from_keras_model` fails on a Keras 3 model whose inputs are
+    a dict (KerasHub's `token_ids`/`padding_mask`): "'NoneType' object is
+    not callable" inside its own tracing. It converts a model that takes
+    the same inputs as a list (same names, `model.inputs` order) and calls
+    `model` with the dict.
+    """
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        structure = None
+    if isinstance(structure, Mapping):
+        import keras
+
+        inputs = [
+            keras.Input(t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs
+        ]
+        by_id = {id(t): new for t, new in zip(model.inputs, inputs)}
+        outputs = model({key: by_id[id(t)] for key, t in structure.items()})
+        model = keras.Model(inputs, outputs, name=model.name)
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
 def convert(
     model,
     path: str,
@@ -65,7 +90,7 @@ def convert(
     """
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = _converter(tf, model)
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tfaccel._warnings import TfaccelWarning
+from tfaccel.data import model_input
 from tfaccel.export.report import ExportReport
 from tfaccel.export.run import from_file_dtype, signature_runner, to_file_dtype
 
@@ -49,7 +50,7 @@ def _keras_outputs(model, inputs: list[np.ndarray], batch: int = 256) -> dict:
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(inputs[0]), batch):
         x = [a[start : start + batch] for a in inputs]
-        out = model(x[0] if len(x) == 1 else x, training=False)
+        out = model(model_input(model, x), training=False)
         if isinstance(out, Mapping):
             named = {str(k): v for k, v in out.items()}
         else:

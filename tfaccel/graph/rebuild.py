@@ -12,6 +12,7 @@ weights of every layer it copied.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "Replacement",
     "copy_layer",
     "copy_weights",
+    "loadable_config",
     "rebuild",
 ]
 
@@ -61,11 +63,60 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     input shape (`MultiHeadAttention`): the copy is built from `layer`'s
     own build config.
     """
-    new = layer.__class__.from_config(layer.get_config())
+    new = _construct(type(layer), layer.get_config())
     build_config = layer.get_build_config() if layer.built else None
     if build_config:
         new.build_from_config(build_config)
     return new
+
+
+def _init_parameters(cls: type) -> set[str]:
+    """Every keyword a layer constructor chain accepts by name."""
+    names = {"input_shape", "input_dim"}  # taken from `**kwargs` by Layer
+    for base in cls.__mro__:
+        init = base.__dict__.get("__init__")
+        if init is not None and base is not object:
+            names.update(inspect.signature(init).parameters)
+        if base is keras.layers.Layer:
+            break
+    return names - {"self", "args", "kwargs"}
+
+
+def _construct(cls: type, config: dict) -> keras.layers.Layer:
+    """`cls.from_config(config)`, tolerating keys the constructor rejects.
+
+    keras-hub 0.32's `ViTPatchingAndEmbedding.get_config()` returns derived
+    values (`num_patches`, `num_positions`) that its `__init__` does not
+    accept, so its own `from_config` fails ("Unrecognized keyword
+    arguments"). Such keys are dropped and the layer is made again; the
+    weights copied afterwards check that it has the same layout.
+    """
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError):
+        accepted = _init_parameters(cls)
+        kept = {key: value for key, value in config.items() if key in accepted}
+        if len(kept) == len(config):
+            raise
+        return cls.from_config(kept)
+
+
+def loadable_config(layer: keras.layers.Layer) -> dict:
+    """`layer.get_config()` without the keys its constructor rejects.
+
+    What a wrapper serializes for the layer it holds, so that
+    `keras.models.load_model` can make it again (see `_construct`).
+    """
+    config = layer.get_config()
+    accepted = _init_parameters(type(layer))
+    kept = {key: value for key, value in config.items() if key in accepted}
+    if len(kept) == len(config):
+        return config
+    try:
+        type(layer).from_config(config)
+    except (TypeError, ValueError):
+        return kept
+    return config
 
 
 def copy_weights(source: keras.layers.Layer, target: keras.layers.Layer) -> None:

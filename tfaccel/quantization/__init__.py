@@ -23,9 +23,11 @@ from tfaccel.quantization.quantize import calibrate, is_quantized, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation, fake_quant_weight
 from tfaccel.quantization.registry import (
     quantize_kind,
+    register_lazy,
     register_qat_layer,
     register_quantizable,
 )
+from tfaccel.quantization.sublayers import QuantizedSublayers, quantize_sublayers
 
 __all__ = [
     "ActivationQuantizer",
@@ -36,12 +38,15 @@ __all__ = [
     "QuantizedEinsumDense",
     "QuantizedEmbedding",
     "QuantizedMultiHeadAttention",
+    "QuantizedSublayers",
     "calibrate",
     "fake_quant_activation",
     "fake_quant_weight",
     "is_quantized",
     "quantize",
     "quantize_kind",
+    "quantize_sublayers",
+    "register_lazy",
     "register_qat_layer",
     "register_quantizable",
 ]

@@ -194,6 +194,9 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
             self.probabilities_quantizer,
             self.context_quantizer,
         ):
+            # Element-wise: a masked softmax's Keras mask passes through
+            # (else Keras warns that the quantizer drops it).
+            layer.supports_masking = True
             layer.build(None)
 
     def _quantizer(self, name: str) -> ActivationQuantizer:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from tfaccel import graph
-from tfaccel.data import iter_batches
+from tfaccel.data import iter_batches, model_input
 from tfaccel.quantization.layers import ActivationQuantizer
 
 __all__ = ["calibrate"]
@@ -88,7 +88,7 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 32) -> keras.Mode
     done = False
     try:
         for batch in iter_batches(data, model, "calibration_data", batch_size):
-            model(batch[0] if len(batch) == 1 else batch, training=False)
+            model(model_input(model, batch), training=False)
         ranges = [(q, *_range(q)) for q in learned]
         bad = [
             f"{q.range_min.path.rsplit('/', 1)[0]} [{low}, {high}]"

@@ -42,6 +42,7 @@ __all__ = [
     "fusable_activation",
     "qat_layer",
     "quantize_kind",
+    "register_lazy",
     "register_qat_layer",
     "register_quantizable",
 ]
@@ -95,6 +96,29 @@ def register_quantizable(layer_cls: type, rule: Rule) -> None:
     _REGISTRY[layer_cls] = rule
 
 
+# Rules for classes of optional libraries, registered when first seen:
+# "module.QualName" -> fn(cls) (see `register_lazy`).
+_LAZY: dict[str, Callable[[type], None]] = {}
+
+
+def register_lazy(path: str, register: Callable[[type], None]) -> None:
+    """Register a rule for the class at `path` when `quantize` first meets it.
+
+    For layers of optional libraries (KerasHub): `register(cls)` runs with
+    the class itself, so tfaccel never imports the library.
+
+    Args:
+        path: the class's `"module.QualifiedName"` (its defining module).
+        register: `fn(cls)` that calls `register_quantizable` or
+            `register_qat_layer` for it.
+    """
+    if not callable(register):
+        raise TypeError(
+            f"`register` must be callable. Received: register={register!r}"
+        )
+    _LAZY[path] = register
+
+
 def quantize_kind(layer: keras.layers.Layer) -> str | None:
     """How `layer` is quantized (one of `KINDS`), or None if unsupported.
 
@@ -107,6 +131,11 @@ def quantize_kind(layer: keras.layers.Layer) -> str | None:
     """
     for cls in type(layer).__mro__:
         rule = _REGISTRY.get(cls)
+        if rule is None and _LAZY:
+            register = _LAZY.pop(f"{cls.__module__}.{cls.__qualname__}", None)
+            if register is not None:
+                register(cls)
+                rule = _REGISTRY.get(cls)
         if rule is None and not issubclass(cls, keras.layers.Layer):
             # Keras' own operations (`x + y`, `keras.ops.*`): their classes
             # are not public, so they are known by name.
