@@ -165,6 +165,22 @@ def fake_quant_activation(x, low, high):
         `x` clipped to the nudged range and rounded to its 256 levels.
     """
     low, high = range_with_zero(low, high)
+    # A symmetric range [-a, a] on 255 steps puts zero half a step from the
+    # middle: the op and the converter round that half step differently
+    # (the op [-0.996, 1.0039], TFLite [-1.0039, 0.996] for [-1, 1]), and an
+    # 8-bit image scaled to [-1, 1] (p / 127.5 - 1) then lies exactly half
+    # way between two levels, every pixel, where the op rounds up and TFLite
+    # away from zero. Such a range gets the scale a / 127 instead: -a, 0
+    # and a are levels, and no pixel value is a tie.
+    symmetric = tf.abs(low + high) <= 1e-6 * (high - low)
+    low = tf.where(symmetric, -high * (128.0 / 127.0), low)
+    # Nudge here and hand the op the nudged range: the converter reads these
+    # bounds and derives its own zero point, the same integer as the op's.
+    width = high - low
+    safe = tf.where(width > 0, width, tf.ones_like(width))
+    nudged_low, nudged_high = _nudged_range(low, low + safe, 0.0, 255.0)
+    low = tf.where(width > 0, nudged_low, low)
+    high = tf.where(width > 0, nudged_high, high)
     return tf.quantization.fake_quant_with_min_max_vars(
         x, low, high, num_bits=8, narrow_range=False
     )
