@@ -106,8 +106,9 @@ def test_qat_forward_matches_the_int8_file(rows, name):
     it = tfl.interpreter(tfl.to_int8_tflite(qat))
     scale = it.get_output_details()[0]["quantization"][0]
     steps = np.round(np.abs(qat.predict(rows, verbose=0) - tfl.predict_int8(it, rows)) / scale)
-    # A chain of nine int8 ops: the file's MEAN rounds some variances one
-    # step up, which RSQRT and the products carry on to a few outputs.
+    # A chain of nine int8 ops: LiteRT's int8 MEAN rounds twice when 1/n
+    # moves into its multiplier's shift (docs/transformers.md), so some
+    # variances are one step up; RSQRT and the products carry that on.
     assert np.mean(steps <= 1.0) >= 0.99
     assert steps.max() <= 4.0
 

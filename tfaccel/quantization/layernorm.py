@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfaccel.graph import Replacement
 from tfaccel.quantization.activations import ActivationQuantizer
+from tfaccel.quantization.affine import _fake_quant_constant as _constant
 from tfaccel.quantization.quantizers import fake_quant_activation
 from tfaccel.quantization.registry import register_qat_layer
 
@@ -49,12 +50,6 @@ def _last_axis(axis, rank: int | None) -> bool:
     if axes == [-1]:
         return True
     return rank is not None and [a % rank for a in axes] == [rank - 1]
-
-
-def _constant(value):
-    """A constant operand as the int8 file holds it (per tensor, asymmetric)."""
-    value = tf.cast(value, "float32")
-    return fake_quant_activation(value, tf.reduce_min(value), tf.reduce_max(value))
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
