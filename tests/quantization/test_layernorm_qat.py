@@ -113,7 +113,7 @@ def test_qat_forward_matches_the_int8_file(rows, name):
     assert steps.max() <= 4.0
 
 
-def test_qat_tracks_the_float_layer_and_trains(rows):
+def test_qat_tracks_the_float_layer_and_trains_under_xla(rows):
     model = _model()
     qat = quantize(model, calibration_data=rows)
     float_out = model.predict(rows, verbose=0)
@@ -122,7 +122,12 @@ def test_qat_tracks_the_float_layer_and_trains(rows):
     labels = load_digits_split()[1][: len(rows)]
     head = keras.Sequential([qat, keras.layers.GlobalAveragePooling1D(),
                              keras.layers.Dense(10)])
-    history = compile_classifier(head).fit(rows, labels, epochs=2, verbose=0)
+    head.compile(  # XLA, as on TPU: RSQRT's top and the ranges compile
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    history = head.fit(rows, labels, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert history.history["loss"][-1] < history.history["loss"][0]
 
@@ -189,3 +194,18 @@ def test_a_flat_token_gives_the_top_of_rsqrt_without_stretching_its_range():
     assert 1.0 < top < 10.0
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(y[:, 0, :], y[0, 0, 0], atol=1e-6)
+
+
+def test_mixed_precision_normalizes_in_float32(rows):
+    x = rows[:16].astype("float16")
+    reference = QuantizedLayerNormalization(dtype="float32")
+    expected = np.asarray(reference(x.astype("float32"), training=True))
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = QuantizedLayerNormalization()
+        y = layer(x, training=True)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert y.dtype == "float16"
+    assert all(v.dtype == "float32" for v in layer.non_trainable_variables)
+    np.testing.assert_allclose(np.asarray(y, "float32"), expected, atol=2e-2)

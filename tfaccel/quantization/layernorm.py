@@ -105,7 +105,11 @@ class QuantizedLayerNormalization(keras.layers.LayerNormalization):
         super().build(input_shape)
         # Created in this order: checkpoints depend on it.
         for stage in self._stages():
-            quantizer = ActivationQuantizer(ema_decay=self.ema_decay, name=stage)
+            # float32 like the normalization itself (no autocast to float16
+            # under mixed precision).
+            quantizer = ActivationQuantizer(
+                ema_decay=self.ema_decay, name=stage, dtype="float32"
+            )
             quantizer.build(None)
             setattr(self, f"{stage}_quantizer", quantizer)
 
