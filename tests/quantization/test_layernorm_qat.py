@@ -209,3 +209,21 @@ def test_mixed_precision_normalizes_in_float32(rows):
     assert y.dtype == "float16"
     assert all(v.dtype == "float32" for v in layer.non_trainable_variables)
     np.testing.assert_allclose(np.asarray(y, "float32"), expected, atol=2e-2)
+
+
+def test_a_fresh_layer_converts(rows):
+    # gamma = 1 and beta = 0, as built: the converter drops `x * 1` and
+    # `x + 0`, which must not leave int8 ranges it cannot reconcile.
+    inputs = keras.Input((8, 8))
+    x = keras.layers.Dense(32)(inputs)
+    for _ in range(2):
+        h = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+        h = keras.layers.MultiHeadAttention(4, 8)(h, h)
+        x = keras.layers.Add()([h, x])
+        h = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+        h = keras.layers.Dense(64, activation="gelu")(h)
+        x = keras.layers.Add()([keras.layers.Dense(32)(h), x])
+    outputs = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    qat = quantize(keras.Model(inputs, outputs), calibration_data=rows)
+    it = tfl.interpreter(tfl.to_int8_tflite(qat))
+    assert tfl.float_ops(it) == []

@@ -12,16 +12,20 @@ says the tensor's int8 range, so `QuantizedLayerNormalization` puts an
     variance  = MEAN(squared)
     shifted   = ADD(variance, epsilon)
     inv_std   = RSQRT(shifted)
-    normalized = MUL(centered, inv_std)         (x * inv_std: rms_scaling)
-    scaled    = MUL(normalized, gamma)           (scale=True)
-    output    = ADD(scaled, beta)                (center=True)
+    scale     = MUL(inv_std, gamma)              (scale=True; else inv_std)
+    normalized = MUL(centered, scale)           (x * scale: rms_scaling)
+    output    = ADD(normalized, beta)            (center=True)
 
 This is not Keras' own order (`x * (gamma * inv) + (beta - mean * gamma *
 inv)`, what the converter's post-training int8 keeps): in int8 that form
 subtracts two large products whose difference is the small normalized
 value, and a NEG stays float; centering first keeps every int8 tensor on
 the scale of the values it carries. `gamma`, `beta` and `epsilon` are
-fake-quantized per tensor, as the file holds them.
+fake-quantized per tensor, as the file holds them. `gamma` multiplies the
+per-token `inv_std` (a broadcast, which the converter cannot drop), not the
+normalized tensor: a fresh layer's `x * 1` and `x + 0` would both vanish in
+the converter and leave three ranges in a row on one tensor, which it
+rejects before a RESHAPE ("same scale constraint").
 
 TFLite's int8 RSQRT returns its largest value for an input of exactly 0 (a
 variance below half a step): the QAT layer does the same, and leaves those
@@ -87,9 +91,9 @@ class QuantizedLayerNormalization(keras.layers.LayerNormalization):
 
     def _stages(self) -> list[str]:
         stages = ["mean", "centered", "squared", "variance", "shifted", "inv_std"]
-        stages.append("normalized")
         if self.gamma is not None:
-            stages.append("scaled")
+            stages.append("scale")
+        stages.append("normalized")
         if self.beta is not None:
             stages.append("output")
         return stages
@@ -125,10 +129,12 @@ class QuantizedLayerNormalization(keras.layers.LayerNormalization):
         variance = q("variance")(tf.reduce_mean(squared, axis=-1, keepdims=True))
         epsilon = _constant(tf.constant(self.epsilon, "float32"))
         shifted = q("shifted")(variance + epsilon)
-        inv_std = self._inverse_std(shifted, training)
-        y = q("normalized")((x if self.rms_scaling else centered) * inv_std)
+        scale = self._inverse_std(shifted, training)
         if self.gamma is not None:
-            y = q("scaled")(y * _constant(self.gamma))
+            # gamma joins the per-token (B, T, 1) factor: a broadcasting MUL
+            # the converter keeps even for gamma = 1 (see the module doc).
+            scale = q("scale")(scale * _constant(self.gamma))
+        y = q("normalized")((x if self.rms_scaling else centered) * scale)
         if self.beta is not None:
             y = q("output")(y + _constant(self.beta))
         return tf.cast(y, self.compute_dtype)
