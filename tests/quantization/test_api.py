@@ -278,6 +278,7 @@ def test_public_api():
         "QuantizedActivation",
         "QuantizedEinsumDense",
         "QuantizedEmbedding",
+        "QuantizedLayerNormalization",
         "QuantizedMultiHeadAttention",
         "register_qat_layer",
         "calibrate",

@@ -13,6 +13,7 @@ from tfaccel.quantization.attention import (
     QuantizedEmbedding,
     QuantizedMultiHeadAttention,
 )
+from tfaccel.quantization.layernorm import QuantizedLayerNormalization
 from tfaccel.quantization.layers import (
     ActivationQuantizer,
     QuantizedActivation,
@@ -37,6 +38,7 @@ __all__ = [
     "QuantizedActivation",
     "QuantizedEinsumDense",
     "QuantizedEmbedding",
+    "QuantizedLayerNormalization",
     "QuantizedMultiHeadAttention",
     "QuantizedSublayers",
     "calibrate",

@@ -13,13 +13,9 @@ The TFLite converter lowers a Keras transformer block to these int8 ops
 - `Embedding`: GATHER from an int8 table; the output keeps the table's scale
   (`QuantizedEmbedding`: symmetric per-tensor int8 table, no output range).
 - GELU: its own int8 op (a `QuantizedActivation`); residual `x + y`: ADD.
-- `LayerNormalization` stays **float on purpose**: its mean and variance
-  need more than 8 bits (int8 RSQRT of a variance spread over 2^8 levels
-  loses the small-variance tokens). The QAT model quantizes its output only,
-  so the file has DEQUANTIZE, the float normalization (SQUARED_DIFFERENCE,
-  MEAN, RSQRT, MUL, ADD), then QUANTIZE: a float island of a few
-  element-wise ops per block. (The converter keeps its first MEAN int8 at
-  the input's scale: a half-step rounding of the mean.)
+- `LayerNormalization`: MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD,
+  all int8 (`QuantizedLayerNormalization`, in
+  `tfaccel.quantization.layernorm`).
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ from tfaccel.quantization.quantizers import fake_quant_weight, fixed_activation_
 from tfaccel.quantization.registry import (
     _activation_name,
     register_qat_layer,
-    register_quantizable,
 )
 
 __all__ = ["QuantizedEinsumDense", "QuantizedEmbedding", "QuantizedMultiHeadAttention"]
@@ -326,18 +321,6 @@ def _quantized_einsum_dense(layer, ema_decay: float) -> Replacement:
     return Replacement(wrapper, after=after, weights=[(layer, inner)])
 
 
-def _last_axis_norm(layer) -> str | None:
-    """A LayerNormalization over the last axis only (float, output int8)."""
-    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    if list(axis) == [-1]:
-        return "output"
-    build = layer.get_build_config() if layer.built else None
-    if not build:
-        return None
-    rank = len(build["input_shape"])
-    return "output" if [a % rank for a in axis] == [rank - 1] else None
-
-
 register_qat_layer(
     keras.layers.MultiHeadAttention,
     _quantized_attention,
@@ -345,4 +328,3 @@ register_qat_layer(
 )
 register_qat_layer(keras.layers.Embedding, _quantized_embedding)
 register_qat_layer(keras.layers.EinsumDense, _quantized_einsum_dense)
-register_quantizable(keras.layers.LayerNormalization, _last_axis_norm)
