@@ -27,7 +27,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -70,18 +69,23 @@ def _models(name: str, foldings):
 
 
 def _step_times(models, x, y, rounds: int, steps: int) -> dict:
-    times: dict = {name: [] for name in models}
-    for model in models.values():  # trace and warm up
-        model.train_on_batch(x, y)
-    for r in range(rounds):
-        names = list(models)
-        names = names[r % len(names):] + names[: r % len(names)]
-        for name in names:
+    """Interleaved rounds of `train_on_batch` steps (`common.interleaved_step_times`:
+    the median of per-round ratios to the plain model)."""
+
+    def runner(model):
+        def run():
+            times = []
             for _ in range(steps):
                 t0 = time.perf_counter()
-                models[name].train_on_batch(x, y)
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+                model.train_on_batch(x, y)
+                times.append(time.perf_counter() - t0)
+            return times
+
+        return run
+
+    return common.interleaved_step_times(
+        [(name, runner(model)) for name, model in models.items()],
+        repeats=rounds, warmup=1)
 
 
 def _op_stats(model, x, y, steps: int, logdir: str) -> dict[str, float]:
@@ -114,7 +118,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="write the JSON here too")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="profiled steps per model; 0 times only")
     parser.add_argument("--model", choices=MODELS, default="resnet50_64")
     parser.add_argument("--foldings", default="moving,batch")
     args = parser.parse_args(argv)
@@ -128,10 +133,16 @@ def main(argv=None) -> dict:
     x = rng.uniform(-1, 1, (BATCH, *models["plain"].input_shape[1:])).astype("float32")
     y = rng.integers(0, 1000, BATCH).astype("int32")
     log("models built")
-    step = _step_times(models, x, y, args.rounds, args.steps)
-    result["median_step_s"] = {k: round(v, 4) for k, v in step.items()}
-    result["ratio_vs_plain"] = {k: round(v / step["plain"], 3) for k, v in step.items()}
-    log(f"step times {result['median_step_s']}")
+    timing = _step_times(models, x, y, args.rounds, args.steps)
+    result["median_step_s"] = {k: round(v, 4) for k, v in timing["median_step_s"].items()}
+    result["ratio_vs_plain"] = timing["ratio"]
+    result["ratio_iqr"] = timing["ratio_iqr"]
+    result["load_average_after_timing"] = [round(v, 2) for v in os.getloadavg()]
+    log(f"step ratios {result['ratio_vs_plain']} (load {os.getloadavg()[0]:.1f})")
+    if args.profile_steps < 1:
+        result["elapsed_s"] = log.elapsed()
+        common.emit(result, args.out)
+        return result
     stats = {}
     with tempfile.TemporaryDirectory() as logdir:
         for name, model in models.items():
