@@ -228,7 +228,7 @@ def render_qat_sweep(d: dict) -> list[str]:
             f"Command: {cmd}" + (f"; plot: `{d['plot']}`" if d.get("plot") else ""),
             "", "| model | library | " + " | ".join(
                 f"{v} time" for v in VARIANTS[1:]) + " | " + " | ".join(
-                f"{v} memory" for v in VARIANTS[1:]) + " | load |",
+                f"{v} memory" for v in VARIANTS[1:]) + " | load (or error) |",
             "|---|---|" + "---|" * (2 * len(VARIANTS) - 1)]
     for name, libs in models.items():
         for lib, r in libs.items():
@@ -237,9 +237,8 @@ def render_qat_sweep(d: dict) -> list[str]:
             cells += [f"{m[v]:.3f}x" if v in m else "n/a" for v in VARIANTS[1:]]
             load = (r.get("time") or {}).get("load_average")
             err = (r.get("time") or {}).get("error")
-            out.append(f"| {name} | {lib} | " + " | ".join(cells)
-                       + f" | {load[0] if load else 'n/a'} |"
-                       + (f" error: {err[:60]}" if err else ""))
+            last = f"error: {err[:60]}" if err else (load[0] if load else "n/a")
+            out.append(f"| {name} | {lib} | " + " | ".join(cells) + f" | {last} |")
     return out + [""]
 
 
