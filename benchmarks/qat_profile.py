@@ -1,7 +1,9 @@
 """Where a QAT train step spends its time: TF profiler, op types, per step.
 
 Builds `keras.applications.ResNet50(weights=None)` at 64x64 (batch 16,
-1000 classes) and its QAT copies (`bn_folding="moving"` and `"batch"`),
+1000 classes; `--model` picks another: `resnet50_128`, `mobilenetv2_0.35`
+or `mobilenetv2_1.0` at 96x96) and its QAT copies (`--foldings`, default
+`bn_folding="moving"` and `"batch"`),
 times one compiled train step of each (interleaved rounds, median per-step
 wall time), then records a few steps of each under
 `tf.profiler.experimental.start/stop` and reads the trace with TF's own
@@ -25,7 +27,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -35,19 +36,31 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-INPUT = (64, 64, 3)
 BATCH = 16
+MODELS = ("resnet50_64", "resnet50_128", "mobilenetv2_0.35", "mobilenetv2_1.0")
 
 
-def _models():
+def build_model(name: str):
+    """`resnet50_<side>` or `mobilenetv2_<alpha>` (96x96), weights=None, seed 0."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    family, size = name.split("_")
+    if family == "resnet50":
+        side = int(size)
+        return keras.applications.ResNet50(weights=None, input_shape=(side, side, 3))
+    return keras.applications.MobileNetV2(
+        weights=None, alpha=float(size), input_shape=(96, 96, 3))
+
+
+def _models(name: str, foldings):
     import keras
 
     import tfaccel
 
-    keras.utils.set_random_seed(0)
-    plain = keras.applications.ResNet50(weights=None, input_shape=INPUT)
+    plain = build_model(name)
     models = {"plain": plain}
-    for folding in ("moving", "batch"):
+    for folding in foldings:
         models[f"qat_{folding}"] = tfaccel.quantize(plain, bn_folding=folding)
     for model in models.values():
         model.compile(optimizer=keras.optimizers.SGD(1e-3),
@@ -56,18 +69,23 @@ def _models():
 
 
 def _step_times(models, x, y, rounds: int, steps: int) -> dict:
-    times: dict = {name: [] for name in models}
-    for model in models.values():  # trace and warm up
-        model.train_on_batch(x, y)
-    for r in range(rounds):
-        names = list(models)
-        names = names[r % len(names):] + names[: r % len(names)]
-        for name in names:
+    """Interleaved rounds of `train_on_batch` steps (`common.interleaved_step_times`:
+    the median of per-round ratios to the plain model)."""
+
+    def runner(model):
+        def run():
+            times = []
             for _ in range(steps):
                 t0 = time.perf_counter()
-                models[name].train_on_batch(x, y)
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+                model.train_on_batch(x, y)
+                times.append(time.perf_counter() - t0)
+            return times
+
+        return run
+
+    return common.interleaved_step_times(
+        [(name, runner(model)) for name, model in models.items()],
+        repeats=rounds, warmup=1)
 
 
 def _op_stats(model, x, y, steps: int, logdir: str) -> dict[str, float]:
@@ -100,22 +118,31 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="write the JSON here too")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="profiled steps per model; 0 times only")
+    parser.add_argument("--model", choices=MODELS, default="resnet50_64")
+    parser.add_argument("--foldings", default="moving,batch")
     args = parser.parse_args(argv)
     log = common.Clock("qat_profile")
     result: dict = {"benchmark": "qat_profile", "command": common.command_line(),
                     "env": common.env_info(),
-                    "recipe": {"model": f"ResNet50 weights=None {INPUT}, 1000 classes",
+                    "recipe": {"model": f"{args.model} weights=None, 1000 classes",
                                "batch": BATCH, "step": "train_on_batch, SGD 1e-3"}}
+    models = _models(args.model, args.foldings.split(","))
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (BATCH, *INPUT)).astype("float32")
+    x = rng.uniform(-1, 1, (BATCH, *models["plain"].input_shape[1:])).astype("float32")
     y = rng.integers(0, 1000, BATCH).astype("int32")
-    models = _models()
     log("models built")
-    step = _step_times(models, x, y, args.rounds, args.steps)
-    result["median_step_s"] = {k: round(v, 4) for k, v in step.items()}
-    result["ratio_vs_plain"] = {k: round(v / step["plain"], 3) for k, v in step.items()}
-    log(f"step times {result['median_step_s']}")
+    timing = _step_times(models, x, y, args.rounds, args.steps)
+    result["median_step_s"] = {k: round(v, 4) for k, v in timing["median_step_s"].items()}
+    result["ratio_vs_plain"] = timing["ratio"]
+    result["ratio_iqr"] = timing["ratio_iqr"]
+    result["load_average_after_timing"] = [round(v, 2) for v in os.getloadavg()]
+    log(f"step ratios {result['ratio_vs_plain']} (load {os.getloadavg()[0]:.1f})")
+    if args.profile_steps < 1:
+        result["elapsed_s"] = log.elapsed()
+        common.emit(result, args.out)
+        return result
     stats = {}
     with tempfile.TemporaryDirectory() as logdir:
         for name, model in models.items():
@@ -128,6 +155,7 @@ def main(argv=None) -> dict:
         k: {name: round(s.get(k, 0.0), 2) for name, s in stats.items()} for k in kinds}
     result["total_self_ms_per_step"] = {
         name: round(sum(s.values()), 1) for name, s in stats.items()}
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     result["elapsed_s"] = log.elapsed()
     common.emit(result, args.out)
     return result

@@ -30,6 +30,7 @@ import distillation  # noqa: E402
 import one_fit  # noqa: E402
 import peer_keras_quantize  # noqa: E402
 import qat_from_scratch  # noqa: E402
+import qat_sweep  # noqa: E402
 import transformers as transformers_bench  # noqa: E402  (benchmarks/transformers.py)
 
 PY = ".venv/bin/python"
@@ -48,6 +49,7 @@ BENCHES = {
     "one_fit": "benchmarks/one_fit.py",
     "coverage": "benchmarks/coverage.py",
     "qat_from_scratch": "benchmarks/qat_from_scratch.py",
+    "qat_sweep": "benchmarks/qat_sweep.py",
 }
 # Benchmarks that take `--sections digits,overhead,mobilenet`.
 SECTIONED = ("peer_tfmot", "pruning", "qat")
@@ -67,10 +69,11 @@ QUICK = {
     "one_fit": ["--seeds", "0"],
     "coverage": ["--rows", "nested_sequential,two_io"],
     "qat_from_scratch": ["--seeds", "0", "--scales", "1"],
+    "qat_sweep": ["--quick"],
 }
 # Benchmarks that need more than --timeout (seconds): the coverage matrix runs
-# 21 rows, each in its own processes.
-MIN_TIMEOUT = {"coverage": 8 * 3600}
+# 21 rows, each in its own processes; the QAT sweep 50 processes.
+MIN_TIMEOUT = {"coverage": 8 * 3600, "qat_sweep": 6 * 3600}
 REPORT = os.path.join(common.ROOT, "BENCHMARKS.md")
 
 
@@ -297,7 +300,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
             for n in ("channels", "distillation_cache", "distillation", "distribute",
                       "peer_keras_quantize", "pruning_callback", "clustering",
                       "transformers", "one_fit", "coverage",
-                      "qat_from_scratch")}
+                      "qat_from_scratch", "qat_sweep")}
     lines += _more_goals_section(more["channels"], more["distillation_cache"])
     lines += _channels_section(more["channels"])
     lines += _distillation_cache_section(more["distillation_cache"])
@@ -311,6 +314,7 @@ def render(runs: list[dict] | None = None, results_dir: str = common.RESULTS_DIR
     lines += one_fit.render_one_fit(more["one_fit"])
     lines += coverage_report.render_coverage(more["coverage"])
     lines += qat_from_scratch.render_qat_from_scratch(more["qat_from_scratch"])
+    lines += qat_sweep.render_qat_sweep(more["qat_sweep"])
     lines += _errors_section({"peer_tfmot": peer, "pruning": pru, "qat": qat, **more})
     lines += ["## Commands", ""]
     for name, d in (("peer_tfmot", peer), ("pruning", pru), ("qat", qat), *more.items()):

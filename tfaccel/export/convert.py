@@ -20,6 +20,7 @@ import numpy as np
 
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.data import check_finite_weights
+from tfaccel.export.prepare import conversion_contexts
 
 __all__ = ["check_convertible", "convert"]
 
@@ -123,7 +124,13 @@ def convert(
         # converter-internal warnings the user can do nothing about: TF1
         # `quantized_input_stats` (unused by this API), and the calibrator's
         # own use of the deprecated tf.lite.Interpreter.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # The converter traces the model here: features' conversion contexts
+        # (`tfaccel.export.prepare`) apply to that trace.
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+            conversion_contexts(),
+        ):
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             warnings.filterwarnings(
                 "ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated"

@@ -21,16 +21,29 @@ Registered steps (by `order`):
 Each feature package imports its step module, so the steps are registered
 whenever `tfaccel` is imported (importing `tfaccel.export` imports `tfaccel`
 first).
+
+Features may also register a *conversion context*
+(`register_conversion_context`): a context manager entered while the
+converter traces the prepared model, for a graph that differs from the
+training one only in what conversion never uses (a custom gradient, for
+example, which SavedModel would otherwise trace and store).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
 from tfaccel import graph
 
-__all__ = ["functional_view", "prepare_for_export", "register_export_step"]
+__all__ = [
+    "conversion_contexts",
+    "functional_view",
+    "prepare_for_export",
+    "register_conversion_context",
+    "register_export_step",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +55,7 @@ class _Step:
 
 
 _STEPS: dict[str, _Step] = {}
+_CONTEXTS: dict[str, Callable] = {}
 
 
 def register_export_step(
@@ -87,6 +101,31 @@ def prepare_for_export(model, notes: list[str]):
         if step.applies(model):
             model = step.apply(model, notes)
     return model
+
+
+def register_conversion_context(name: str, factory: Callable) -> None:
+    """Register a context manager to enter while the converter traces a model.
+
+    Registering a `name` again replaces its factory.
+
+    Example:
+
+    >>> register_conversion_context("example_noop", contextlib.nullcontext)
+
+    Args:
+        name: a unique name for the context.
+        factory: `fn() -> context manager`, called once per conversion.
+    """
+    _CONTEXTS[name] = factory
+
+
+@contextlib.contextmanager
+def conversion_contexts():
+    """Every registered conversion context, entered in registration order."""
+    with contextlib.ExitStack() as stack:
+        for factory in list(_CONTEXTS.values()):
+            stack.enter_context(factory())
+        yield
 
 
 def _float32_policies(config, key: str | None = None):

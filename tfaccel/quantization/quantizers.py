@@ -5,14 +5,25 @@ per output channel for convolutions and per tensor for `Dense` (TFLite's
 FULLY_CONNECTED wants per-tensor weights). Activations: asymmetric per-tensor
 int8 whose range always contains zero.
 
-All of them call TF's `FakeQuantWithMinMaxVars*` ops, which the TFLite
-converter reads as quantization parameters: the converted file gets int8
-kernels without a representative data set.
+The TFLite converter reads TF's `FakeQuantWithMinMaxVars*` ops as
+quantization parameters, so the converted file gets int8 kernels without a
+representative data set. Per-channel weights train through elementwise ops
+equal to the op bit for bit (the op walks one channel at a time); while
+`export_tflite` converts (`for_export`, a conversion context of
+`tfaccel.export.prepare`) they are traced as the op itself, without a
+custom gradient: SavedModel would otherwise trace and store one gradient
+function per quantized kernel (a third of MobileNetV2's QAT export time),
+which conversion never runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
+
+from tfaccel.export.prepare import register_conversion_context
 
 __all__ = [
     "fake_quant_activation",
@@ -38,55 +49,98 @@ def _weight_bound(absmax):
     )
 
 
-def _nudged_range(low, high, quant_min: float = 1.0, quant_max: float = 255.0):
-    """The range TF's FakeQuant ops round to (their `Nudge`), in TF ops.
+def _nudge(low, high, quant_min: float = 1.0, quant_max: float = 255.0):
+    """TF's FakeQuant `Nudge` in TF ops: `(nudged_min, nudged_max, scale, inv)`.
 
-    Defaults are 8 bits with `narrow_range=True`. Same float32 arithmetic
-    as the kernel, so the masks below are the op gradient's, bit for bit.
+    Defaults are 8 bits with `narrow_range=True`. The same float32
+    arithmetic as the kernel (including its separately computed inverse
+    scale), so what is computed from them below is the op's, bit for bit.
     """
     scale = (high - low) / (quant_max - quant_min)
+    inv_scale = (quant_max - quant_min) / (high - low)
     zero_from_min = quant_min - low / scale
     # std::round (half away from zero) of a value >= quant_min > 0;
     # `v - floor(v)` is exact, `floor(v + 0.5)` is not.
     floor = tf.floor(zero_from_min)
     rounded = tf.where(zero_from_min - floor >= 0.5, floor + 1.0, floor)
     zero = tf.clip_by_value(rounded, quant_min, quant_max)
-    return (quant_min - zero) * scale, (quant_max - zero) * scale
+    return (quant_min - zero) * scale, (quant_max - zero) * scale, scale, inv_scale
 
 
-@tf.custom_gradient
 def _fake_quant_per_channel(x, low, high):
-    """`fake_quant_with_min_max_vars_per_channel` (8 bits, narrow range) with
-    its gradient in elementwise ops.
+    """`fake_quant_with_min_max_vars_per_channel` (8 bits, narrow range) in
+    elementwise TF ops, equal to the op bit for bit (tested).
 
-    TF's `FakeQuantWithMinMaxVarsPerChannelGradient` walks the tensor one
-    channel (a strided column) at a time: on ResNet50 it was half of a QAT
-    train step. The gradient here is the same (straight-through inside the
-    nudged range, bit for bit; the rest to `low`/`high` summed per channel,
-    equal up to the order of the sums), as masks and selects that run
-    vectorized; the forward op is unchanged, so the converter reads the
-    same graph.
+    TF's per-channel kernel walks the tensor one channel (a strided column)
+    at a time: on ResNet50 it was the largest op of a QAT train step. This
+    is the kernel's own float32 arithmetic, `floor((clip(x) - nudged_min) *
+    inv_scale - zero + 0.5) * scale`, as broadcasts that run vectorized (no
+    gradient of its own: `fake_quant_weight` defines it). Weight bounds are
+    never `[0, 0]` (`_weight_bound`), the op's one special case.
     """
-    y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+    nudged_min, nudged_max, scale, inv_scale = _nudge(low, high)
+    zero = tf.floor(-nudged_min * inv_scale + 0.5)
+    clipped = tf.maximum(tf.minimum(x, nudged_max), nudged_min)
+    return tf.floor((clipped - nudged_min) * inv_scale - zero + 0.5) * scale
+
+
+def _per_channel_op(x, low, high):
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
         x, low, high, num_bits=8, narrow_range=True
     )
 
-    def grad(upstream):
-        nudged_min, nudged_max = _nudged_range(low, high)
-        axes = list(range(len(x.shape) - 1))
-        zeros = tf.zeros_like(upstream)
-        inside = tf.logical_and(x >= nudged_min, x <= nudged_max)
-        return (
-            tf.where(inside, upstream, zeros),
-            tf.reduce_sum(tf.where(x < nudged_min, upstream, zeros), axes),
-            tf.reduce_sum(tf.where(x > nudged_max, upstream, zeros), axes),
-        )
 
-    return y, grad
+_FOR_EXPORT = contextvars.ContextVar("tfaccel_fake_quant_for_export", default=False)
+
+
+@contextlib.contextmanager
+def for_export():
+    """Trace fake-quant ops as the converter reads them (no training gradient)."""
+    token = _FOR_EXPORT.set(True)
+    try:
+        yield
+    finally:
+        _FOR_EXPORT.reset(token)
+
+
+register_conversion_context("fake_quant", for_export)
+
+_WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
+
+
+def _quantize_weight(weight, mode: str, per_channel):
+    """The forward of `fake_quant_weight`, per-channel by `per_channel`."""
+    if mode in ("per_tensor", "transpose"):
+        # Conv2DTranspose per tensor: per-channel FakeQuant takes the last
+        # axis only, and the converter rejects a transpose around it
+        # ("'tfl.transpose' op has mismatched quantized axes");
+        # TRANSPOSE_CONV takes per-tensor int8.
+        bound = _weight_bound(tf.reduce_max(tf.abs(weight)))
+        return tf.quantization.fake_quant_with_min_max_vars(
+            weight, -bound, bound, num_bits=8, narrow_range=True
+        )
+    if mode == "per_channel":
+        axes = list(range(len(weight.shape) - 1))
+        bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
+        return per_channel(weight, -bound, bound)
+    shape = tf.shape(weight)  # depthwise
+    kh, kw, cin, mult = weight.shape
+    flat = tf.reshape(weight, [kh, kw, cin * mult])
+    bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
+    return tf.reshape(per_channel(flat, -bound, bound), shape)
 
 
 def fake_quant_weight(weight, mode: str):
     """Fake-quantize a kernel as TFLite stores int8 weights.
+
+    The gradient is straight-through (the identity). That is the FakeQuant
+    ops' gradient here: every weight lies inside its bound `max|w|`, where
+    the op passes the gradient through; a largest weight that float
+    rounding puts just outside the nudged range sends its gradient to the
+    bound, which `max|w|` hands straight back to it. The identity skips
+    those masks and the backward pass through `max|w|` (on ResNet50 a
+    sixth of the step); it differs only for exact ties of the largest
+    magnitude in one channel (the op's path splits their gradients evenly).
 
     Example:
 
@@ -102,40 +156,28 @@ def fake_quant_weight(weight, mode: str):
             (DepthwiseConv2D kernel `(kh, kw, in, multiplier)`, whose output
             channels are `in * multiplier`) or `"transpose"`
             (Conv2DTranspose kernel `(kh, kw, out, in)`: per tensor, see
-            below).
+            the code).
 
     Returns:
         A tensor of `weight`'s shape whose values lie on the int8 grid
         `scale * [-127, 127]` with `scale = max|w| / 127` per channel or per
         tensor. Zeros stay exactly zero.
     """
-    weight = tf.convert_to_tensor(weight)
-    if mode == "per_tensor":
-        bound = _weight_bound(tf.reduce_max(tf.abs(weight)))
-        return tf.quantization.fake_quant_with_min_max_vars(
-            weight, -bound, bound, num_bits=8, narrow_range=True
+    if mode not in _WEIGHT_MODES:
+        raise ValueError(
+            "`mode` must be one of 'per_tensor', 'per_channel', 'depthwise', "
+            "'transpose'. "
+            f"Received: mode={mode!r}"
         )
-    if mode == "per_channel":
-        axes = list(range(len(weight.shape) - 1))
-        bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
-        return _fake_quant_per_channel(weight, -bound, bound)
-    if mode == "depthwise":
-        shape = tf.shape(weight)
-        kh, kw, cin, mult = weight.shape
-        flat = tf.reshape(weight, [kh, kw, cin * mult])
-        bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
-        flat = _fake_quant_per_channel(flat, -bound, bound)
-        return tf.reshape(flat, shape)
-    if mode == "transpose":
-        # Per tensor: per-channel FakeQuant takes the last axis only, and the
-        # converter rejects a transpose around it ("'tfl.transpose' op has
-        # mismatched quantized axes"); TRANSPOSE_CONV takes per-tensor int8.
-        return fake_quant_weight(weight, "per_tensor")
-    raise ValueError(
-        "`mode` must be one of 'per_tensor', 'per_channel', 'depthwise', "
-        "'transpose'. "
-        f"Received: mode={mode!r}"
-    )
+    weight = tf.convert_to_tensor(weight)
+    if _FOR_EXPORT.get():
+        return _quantize_weight(weight, mode, _per_channel_op)
+
+    @tf.custom_gradient
+    def straight_through(w):
+        return _quantize_weight(w, mode, _fake_quant_per_channel), lambda dy: dy
+
+    return straight_through(weight)
 
 
 def range_with_zero(low, high):
