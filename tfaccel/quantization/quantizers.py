@@ -220,7 +220,7 @@ def fake_quant_activation(x, low, high):
     # bounds and derives its own zero point, the same integer as the op's.
     width = high - low
     safe = tf.where(width > 0, width, tf.ones_like(width))
-    nudged_low, nudged_high = _nudged_range(low, low + safe, 0.0, 255.0)
+    nudged_low, nudged_high, _, _ = _nudge(low, low + safe, 0.0, 255.0)
     low = tf.where(width > 0, nudged_low, low)
     high = tf.where(width > 0, nudged_high, high)
     return tf.quantization.fake_quant_with_min_max_vars(
