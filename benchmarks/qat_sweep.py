@@ -221,6 +221,8 @@ def render_qat_sweep(d: dict) -> list[str]:
     if not models:
         return out + [f"n/a (not run): {cmd}", ""]
     rec = d.get("recipe", {})
+    if d.get("note"):
+        out += [f"**{d['note']}**", ""]
     device = "GPU, mixed_float16" if d.get("gpu_mixed_float16") else "CPU, float32"
     out += [f"Batch {rec.get('batch')}, {device}; time: {rec.get('time')} "
             f"({rec.get('repeats')} rounds x {rec.get('steps')} steps); memory: peak "
