@@ -98,6 +98,8 @@ def render_coverage(d: dict) -> list[str]:
     if notes:
         out += ["Notes:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)] + [""]
     out += _parity(rows) + _behind_tfmot(rows) + _recipes(rows, d) + _timing(rows)
+    if d.get("note"):
+        out += [d["note"], ""]
     return out
 
 
