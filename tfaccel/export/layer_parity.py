@@ -10,9 +10,10 @@ outputs the two sides round differently.
 
 What it typically shows for a deep QAT network: the first layers agree
 except for outputs that sit within a rounding error of a step boundary
-(the file adds an int32 bias rounded to the scale `s_input * s_weight`; the
-Keras model adds the float bias), and the share of one-step differences
-grows with depth as each layer amplifies its inputs' differences. A layer
+(float arithmetic and a float bias in Keras, integer arithmetic and an
+int32 bias rounded to `s_input * s_weight` in the file), and the share of
+one-step differences grows with depth as each layer amplifies its inputs'
+differences. A layer
 where the share jumps from near zero to many steps is a modelling error.
 """
 
