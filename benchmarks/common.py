@@ -505,6 +505,24 @@ class Clock:
         return round(time.perf_counter() - self.t0, 1)
 
 
+def error_record(e: BaseException) -> dict[str, str]:
+    """The JSON record of a failure being handled: its first 500 characters
+    and the end of the current traceback."""
+    return {"error": f"{type(e).__name__}: {str(e)[:500]}",
+            "traceback": traceback.format_exc()[-2000:]}
+
+
+def mean_sd(mean: dict, std: dict, key: str, kind: str = "pct") -> str:
+    """`mean[key] (± std[key])` as a percentage, or as points (`kind="pts"`,
+    already in points); "n/a" when `key` was not measured."""
+    v, s_ = mean.get(key), std.get(key)
+    if v is None:
+        return "n/a"
+    if kind == "pts":
+        return f"{v:+.2f} pts (± {s_:.2f})"
+    return f"{100 * v:.2f}% (± {100 * s_:.2f})"
+
+
 def guard_section(name: str, fn, result: dict, log) -> None:
     """`result[name] = fn()`; a failure is recorded there instead of raised,
     so one failed section does not hide the others."""
@@ -512,8 +530,7 @@ def guard_section(name: str, fn, result: dict, log) -> None:
         result[name] = fn()
     except Exception as e:  # noqa: BLE001 - one failed section must not hide the rest
         log(f"section {name} failed: {type(e).__name__}: {e}")
-        result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}",
-                        "traceback": traceback.format_exc()[-2000:]}
+        result[name] = error_record(e)
 
 
 def merge_sections(path: str, fresh: dict, sections: list[str]) -> dict:

@@ -36,7 +36,6 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -215,12 +214,7 @@ def render_one_fit(d: dict) -> list[str]:
     mean, std, n = g["mean"], g["stdev"], len(g["seeds"])
 
     def ms(key, kind="pct"):
-        v, s_ = mean.get(key), std.get(key)
-        if v is None:
-            return "n/a"
-        if kind == "pts":
-            return f"{v:+.2f} pts (± {s_:.2f})"
-        return f"{100 * v:.2f}% (± {100 * s_:.2f})"
+        return common.mean_sd(mean, std, key, kind)
 
     rec = d.get("recipe", {})
     out += [f"Digits CNN from the same dense model (float {ms('dense_acc')}); "
@@ -272,8 +266,7 @@ def main(argv=None) -> dict:
         result["digits"] = {"seeds": rows, **summarize(rows)}
     except Exception as e:  # noqa: BLE001 - report what ran, and the error
         log(f"failed: {type(e).__name__}: {e}")
-        result["digits"] = {"seeds": rows, "error": f"{type(e).__name__}: {str(e)[:500]}",
-                            "traceback": traceback.format_exc()[-2000:]}
+        result["digits"] = {"seeds": rows, **common.error_record(e)}
     result["elapsed_s"] = log.elapsed()
     common.emit(result, args.out)
     return result

@@ -35,7 +35,6 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -163,12 +162,7 @@ def render_qat_from_scratch(d: dict) -> list[str]:
         mean, std = g["mean"], g["stdev"]
 
         def ms(key, kind="pct", mean=mean, std=std):
-            v, s_ = mean.get(key), std.get(key)
-            if v is None:
-                return "n/a"
-            if kind == "pts":
-                return f"{v:+.2f} pts (± {s_:.2f})"
-            return f"{100 * v:.2f}% (± {100 * s_:.2f})"
+            return common.mean_sd(mean, std, key, kind)
 
         for folding in FOLDINGS:
             out.append(f"| {scale} | {ms('float_acc')} | {folding} | "
@@ -205,9 +199,8 @@ def main(argv=None) -> dict:
                 result["scales"][f"{scale:g}"] = {"seeds": rows, **summarize(rows)}
             except Exception as e:  # noqa: BLE001 - report what ran, and the error
                 log(f"scale {scale:g} failed: {type(e).__name__}: {e}")
-                result["scales"][f"{scale:g}"] = {
-                    "seeds": rows, "error": f"{type(e).__name__}: {str(e)[:500]}",
-                    "traceback": traceback.format_exc()[-2000:]}
+                result["scales"][f"{scale:g}"] = {"seeds": rows,
+                                                   **common.error_record(e)}
     result["elapsed_s"] = log.elapsed()
     common.emit(result, args.out)
     return result

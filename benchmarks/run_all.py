@@ -647,12 +647,7 @@ def _distillation_section(d: dict) -> list[str]:
             "seeds. Reproduce: " + _run_cmd("distillation") + ".", ""]
 
     def ms(key, kind="pct"):
-        v, s_ = mean.get(key), std.get(key)
-        if v is None:
-            return "n/a"
-        if kind == "pts":
-            return f"{v:+.2f} pts (± {s_:.2f})"
-        return f"{100 * v:.2f}% (± {100 * s_:.2f})"
+        return common.mean_sd(mean, std, key, kind)
 
     rows = [
         ["teacher float (Keras)", ms("teacher_acc"), "-"],
