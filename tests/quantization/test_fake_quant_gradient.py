@@ -81,3 +81,47 @@ def test_conversion_traces_the_op_without_a_custom_gradient(mode):
     op = "FakeQuantWithMinMaxVarsPerChannel"
     assert op not in training and "IdentityN" in training  # elementwise, custom grad
     assert op in exported and "IdentityN" not in exported
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 6.0), (-1.3, 2.2), (-4.0, 4.0), (0.0, 0.0)])
+def test_activation_gradient_without_range_gradient_matches_the_op_inside(low, high):
+    # range_gradient=False (moving-average ranges): one Relu6Grad passes the
+    # gradient strictly inside the nudged range, as the op does there; the
+    # forward is the op's.
+    from tfaccel.quantization import fake_quant_activation
+
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.uniform(-7, 7, (64, 33)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(64, 33)).astype("float32"))
+    results = []
+    for range_gradient in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fake_quant_activation(x, low, high, range_gradient=range_gradient)
+            loss = tf.reduce_sum(y * upstream)
+        results.append((y.numpy(), tape.gradient(loss, x).numpy()))
+    (y_op, g_op), (y_fast, g_fast) = results
+    np.testing.assert_array_equal(y_fast, y_op)
+    if high > low:
+        np.testing.assert_array_equal(g_fast, g_op)  # no input lies on an end
+        assert 0 < np.count_nonzero(g_fast) < g_fast.size
+    else:
+        # An empty range's output is constant: nothing passes (the op
+        # passes everything, its own special case).
+        assert np.count_nonzero(g_fast) == 0 and np.count_nonzero(g_op) == g_op.size
+
+
+def test_activation_export_traces_the_op_without_a_custom_gradient():
+    from tfaccel.export.prepare import conversion_contexts
+    from tfaccel.quantization import fake_quant_activation
+
+    spec = tf.TensorSpec((4, 8), "float32")
+
+    def fq(v):
+        return fake_quant_activation(v, -1.0, 2.0, range_gradient=False)
+
+    training = _op_types(fq, spec)
+    with conversion_contexts():
+        exported = _op_types(fq, spec)
+    assert "IdentityN" in training and "IdentityN" not in exported
+    assert "FakeQuantWithMinMaxVars" in exported

@@ -19,7 +19,20 @@ from tfaccel.quantization.quantizers import (
     fixed_activation_range,
 )
 
-__all__ = ["ActivationQuantizer", "QuantizedActivation"]
+__all__ = ["ActivationQuantizer", "QuantizedActivation", "relu_activation"]
+
+def relu_activation(activation: str | None) -> str | None:
+    """`activation` if an `ActivationQuantizer` applies it (ReLU, ReLU6)."""
+    return activation if activation in ("relu", "relu6") else None
+
+
+def _activate(x, relu):
+    if relu == "relu":
+        return tf.nn.relu(x)
+    if relu == "relu6":
+        return tf.nn.relu6(x)
+    return x
+
 
 @keras.saving.register_keras_serializable(package="tfaccel")
 class ActivationQuantizer(keras.layers.Layer):
@@ -44,12 +57,22 @@ class ActivationQuantizer(keras.layers.Layer):
         ema_decay: decay of the moving average of the batch ranges.
         fixed_range: `(min, max)` for ops whose int8 output range TFLite fixes
             (sigmoid, softmax, tanh); no variables are created then.
+        activation: `"relu"` or `"relu6"` to apply that activation first: the
+            one TFLite fuses into the op before it (CONV_2D, ADD, ...), which
+            then has this quantizer's range as its output. In training and
+            calibration the activation is not computed: its output's minimum
+            is 0 and its maximum `clip(max(inputs), 0, cap)`, and FakeQuant's
+            clip to the range `[0, max]` *is* the activation. That saves a
+            reduction and the activation's forward and backward passes; the
+            output is the same, and so is the gradient except for inputs
+            exactly on the range's ends.
     """
 
     def __init__(
         self,
         ema_decay: float = 0.99,
         fixed_range: tuple[float, float] | None = None,
+        activation: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -57,6 +80,12 @@ class ActivationQuantizer(keras.layers.Layer):
             raise ValueError(
                 f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}"
             )
+        if activation not in (None, "relu", "relu6"):
+            raise ValueError(
+                "`activation` must be None, 'relu' or 'relu6'. "
+                f"Received: activation={activation!r}"
+            )
+        self.activation = activation
         self.ema_decay = float(ema_decay)
         self.fixed_range = (
             None if fixed_range is None else tuple(map(float, fixed_range))
@@ -84,32 +113,47 @@ class ActivationQuantizer(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
+        relu = self.activation
         x = tf.cast(inputs, "float32")
         if self.fixed_range is not None:
-            return tf.cast(fake_quant_activation(x, *self.fixed_range), inputs.dtype)
+            x = _activate(x, relu)
+            y = fake_quant_activation(x, *self.fixed_range, range_gradient=False)
+            return tf.cast(y, inputs.dtype)
         old_min = tf.convert_to_tensor(self.range_min)
         old_max = tf.convert_to_tensor(self.range_max)
-        if training or self.calibrating:
+        if not (training or self.calibrating):
+            x = _activate(x, relu)
+            return tf.cast(fake_quant_activation(x, old_min, old_max), inputs.dtype)
+        if relu is None:
             batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
-            batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
-            seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
-            if training:
-                d = self.ema_decay
-                new_min = d * old_min + (1.0 - d) * batch_min
-                new_max = d * old_max + (1.0 - d) * batch_max
-            else:
-                new_min = tf.minimum(old_min, batch_min)
-                new_max = tf.maximum(old_max, batch_max)
-            new_min = tf.where(seen, new_min, batch_min)
-            new_max = tf.where(seen, new_max, batch_max)
-            # Unconditional assigns: a tf.cond around assigns of a "mean"
-            # variable fails under two replicas (see STACK.md).
-            self.range_min.assign(new_min)
-            self.range_max.assign(new_max)
-            low, high = new_min, new_max
         else:
-            low, high = old_min, old_max
-        return tf.cast(fake_quant_activation(x, low, high), inputs.dtype)
+            batch_min = tf.zeros_like(old_min)
+        batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
+        if relu == "relu6":
+            batch_max = tf.minimum(batch_max, 6.0)
+        seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
+        if training:
+            d = self.ema_decay
+            new_min = d * old_min + (1.0 - d) * batch_min
+            new_max = d * old_max + (1.0 - d) * batch_max
+        else:
+            new_min = tf.minimum(old_min, batch_min)
+            new_max = tf.maximum(old_max, batch_max)
+        new_min = tf.where(seen, new_min, batch_min)
+        new_max = tf.where(seen, new_max, batch_max)
+        if relu is not None:
+            # The activation's outputs: [0, max] (an average of maxima under
+            # 6 stays under 6 but for rounding; keep it there exactly).
+            new_min = tf.zeros_like(new_min)
+            if relu == "relu6":
+                new_max = tf.minimum(new_max, 6.0)
+        # Unconditional assigns: a tf.cond around assigns of a "mean"
+        # variable fails under two replicas (see STACK.md).
+        self.range_min.assign(new_min)
+        self.range_max.assign(new_max)
+        # The range is a moving average (no gradient): the cheaper gradient.
+        y = fake_quant_activation(x, new_min, new_max, range_gradient=False)
+        return tf.cast(y, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -117,6 +161,8 @@ class ActivationQuantizer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"ema_decay": self.ema_decay, "fixed_range": self.fixed_range})
+        if self.activation is not None:
+            config["activation"] = self.activation
         return config
 
 
@@ -172,7 +218,10 @@ class QuantizedActivation(keras.layers.Layer):
         self._fn = keras.activations.get(self.activation)
         fixed = fixed_activation_range(self.activation)
         self.output_quantizer = ActivationQuantizer(
-            ema_decay=ema_decay, fixed_range=fixed, name="output_quantizer"
+            ema_decay=ema_decay,
+            fixed_range=fixed,
+            activation=relu_activation(self.activation),
+            name="output_quantizer",
         )
         self.sigmoid_quantizer = None
         if self.activation == "silu":
@@ -189,6 +238,8 @@ class QuantizedActivation(keras.layers.Layer):
         if mask is not None and self.activation == "softmax":
             # As `keras.layers.Softmax`: masked positions get probability ~0.
             inputs = inputs + (1.0 - ops.cast(mask, inputs.dtype)) * -1e9
+        if self.output_quantizer.activation is not None:  # ReLU/ReLU6: its own
+            return self.output_quantizer(inputs, training=training)
         if self.sigmoid_quantizer is not None:
             gate = self.sigmoid_quantizer(ops.sigmoid(inputs), training=training)
             y = inputs * gate

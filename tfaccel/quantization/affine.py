@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel._substitute import full_precision
+from tfaccel.quantization.activations import relu_activation
 from tfaccel.quantization.layers import (
     _FUSABLE,
     ActivationQuantizer,
@@ -142,8 +143,11 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
             if self.has_offset
             else None
         )
+        # It applies ReLU/ReLU6 (in training its clip to the range is it).
         self.output_quantizer = ActivationQuantizer(
-            ema_decay=ema_decay, name="output_quantizer"
+            ema_decay=ema_decay,
+            activation=relu_activation(activation),
+            name="output_quantizer",
         )
 
     def build(self, input_shape):
@@ -173,11 +177,7 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
             y = self.multiply_quantizer(y, training=training)
             y = y + ops.cast(offset, y.dtype)
         # TFLite fuses a ReLU/ReLU6 after MUL/ADD into it: one rounding.
-        if self.activation == "relu":
-            y = ops.relu(y)
-        elif self.activation == "relu6":
-            y = ops.relu6(y)
-        return self.output_quantizer(y, training=training)
+        return self.output_quantizer(y, training=training)  # ReLU/ReLU6 too
 
     def _update_moving_statistics(self, inputs):
         mean, var = batch_moments(tf.stop_gradient(tf.cast(inputs, "float32")))

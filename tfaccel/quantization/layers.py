@@ -20,6 +20,7 @@ from tfaccel._substitute import full_precision, substitute
 from tfaccel.quantization.activations import (
     ActivationQuantizer,
     QuantizedActivation,
+    relu_activation,
 )
 from tfaccel.quantization.clusters import (
     MAX_CLUSTERS,
@@ -226,8 +227,11 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         self.weight_mode = weight_mode
         self.preserve_sparsity = bool(preserve_sparsity)
         self.ema_decay = float(ema_decay)
+        # It applies ReLU/ReLU6 (in training its clip to the range is it).
         self.output_quantizer = ActivationQuantizer(
-            ema_decay=ema_decay, name="output_quantizer"
+            ema_decay=ema_decay,
+            activation=relu_activation(activation),
+            name="output_quantizer",
         )
 
     def build(self, input_shape):
@@ -302,28 +306,31 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         with full_precision():
             folded, folded_bias, scale = self._fold()
             quantized = self._fake_quant(folded, scale)
+        # A frozen BatchNormalization keeps its statistics, as in Keras.
+        bn_training = bool(
+            training and self.batch_norm is not None and self.batch_norm.trainable
+        )
+        # Batch-statistics folding subtracts the batch mean, which removes any
+        # bias: the convolution runs without one (no bias gradient pass) and
+        # `_batch_normalize` adds the folded bias back once frozen.
+        batch_fold = bn_training and self._batch_folding
+        bias = None if batch_fold else folded_bias
         mapping = [(self.layer.kernel, quantized)]
-        add_bias = False
-        if folded_bias is not None and self.layer.bias is not None:
-            mapping.append((self.layer.bias, folded_bias))
-        elif folded_bias is not None:
-            add_bias = True
+        if self.layer.bias is not None:
+            mapping.append(
+                (self.layer.bias, ops.zeros_like(self.layer.bias) if bias is None else bias)
+            )
         with substitute(mapping, owner=self.layer):
             y = self._forward(inputs)
-        if add_bias:
-            y = y + ops.cast(folded_bias, y.dtype)
-        # A frozen BatchNormalization keeps its statistics, as in Keras.
-        if training and self.batch_norm is not None and self.batch_norm.trainable:
+        if bias is not None and self.layer.bias is None:
+            y = y + ops.cast(bias, y.dtype)
+        if bn_training:
             with full_precision():
-                if self._batch_folding:
+                if batch_fold:
                     y = self._batch_normalize(y, folded_bias, scale)
                 else:
                     self._update_moving_statistics(y, folded_bias, scale)
-        if self.activation == "relu":
-            y = ops.relu(y)
-        elif self.activation == "relu6":
-            y = ops.relu6(y)
-        return self.output_quantizer(y, training=training)
+        return self.output_quantizer(y, training=training)  # ReLU/ReLU6 too
 
     def _forward(self, inputs):
         """The wrapped layer on `inputs` (its kernel substituted).
@@ -340,17 +347,17 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         y = layer(ops.reshape(inputs, (-1, inputs.shape[-1])))
         return ops.reshape(y, (-1, *inner, y.shape[-1]))
 
-    def _batch_normalize(self, y, folded_bias, scale):
-        """`y` normalized with its batch statistics (`bn_folding="batch"`).
+    def _batch_normalize(self, z, folded_bias, scale):
+        """`z` normalized with its batch statistics (`bn_folding="batch"`).
 
-        `y = s * z + folded_bias` with `z = conv(x, w)` and `s = gamma /
-        sigma_moving`, so BatchNorm(z) with batch statistics is `c * (y -
-        mean(y)) + beta` with `c = |gamma| / sqrt(var(y) + eps * s**2)`
+        `z = s * conv(x, w)` (no bias) with `s = gamma / sigma_moving`, so
+        BatchNorm(conv(x, w) + b) with batch statistics is `c * (z -
+        mean(z)) + beta` with `c = |gamma| / sqrt(var(z) + eps * s**2)`
         (`= sigma_moving / sigma_batch`). After the freeze step `c = 1` and
-        the shift is 0: exactly the moving-statistics fold.
+        the shift is the folded bias: exactly the moving-statistics fold.
         """
         bn = self.batch_norm
-        mean, var = centered_moments(tf.cast(y, "float32"))
+        mean, var = centered_moments(tf.cast(z, "float32"))
         gamma = bn.gamma if bn.scale else tf.ones_like(var)
         c = tf.abs(gamma) * tf.math.rsqrt(var + bn.epsilon * tf.square(scale))
         shift = -c * mean
@@ -360,21 +367,29 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         if self.bn_freeze_step is not None:
             frozen = step >= self.bn_freeze_step
             c = tf.where(frozen, tf.ones_like(c), c)
-            shift = tf.where(frozen, tf.zeros_like(shift), shift)
-        self._update_moving_statistics(y, folded_bias, scale, (mean, var))
+            shift = tf.where(frozen, folded_bias + tf.zeros_like(shift), shift)
+        self._update_moving_statistics(z, None, scale, (mean, var))
         self.bn_folding_step.assign(step + 1)
-        return y * ops.cast(c, y.dtype) + ops.cast(shift, y.dtype)
+        return z * ops.cast(c, z.dtype) + ops.cast(shift, z.dtype)
 
     def _update_moving_statistics(self, y, folded_bias, scale, moments=None):
+        """Update the BatchNorm's moving statistics from the folded output.
+
+        `y = conv(x, w * scale) + folded_bias` (`folded_bias` None: `y` has
+        no bias); `moments`, if given, are `y`'s batch mean and variance.
+        """
         bn = self.batch_norm
         # Statistics of the unfolded layer output `conv(x, w) + b`, recovered
-        # from the folded output `conv(x, w * scale)`: divide by the scale.
+        # from the folded output: remove the folded bias, divide by the scale.
         if moments is None:
-            y0 = tf.stop_gradient(tf.cast(y, "float32") - folded_bias)
-            mean, var = batch_moments(y0)
+            y0 = tf.cast(y, "float32")
+            if folded_bias is not None:
+                y0 = y0 - folded_bias
+            mean, var = batch_moments(tf.stop_gradient(y0))
         else:
             mean, var = (tf.stop_gradient(m) for m in moments)
-            mean = mean - folded_bias
+            if folded_bias is not None:
+                mean = mean - folded_bias
         safe = tf.stop_gradient(
             tf.where(tf.abs(scale) > 1e-12, scale, tf.ones_like(scale))
         )

@@ -32,6 +32,8 @@ from tfaccel.quantization.registry import (
 
 __all__ = ["calibrate", "is_quantized", "quantize"]
 
+# Keras layers whose TFLite op takes a fused ReLU/ReLU6 (ADD, SUB, MUL).
+_FUSES_RELU = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
 _KERNEL_KINDS = ("per_channel", "depthwise", "per_tensor", "transpose", *LOWERINGS)
 _QAT_LAYERS = (
     ActivationQuantizer,
@@ -65,6 +67,7 @@ class _Planner:
         self.fused: set[int] = set()  # BN / activation folded into a kernel
         self.followers: dict[int, tuple] = {}  # kernel op -> (bn, act, own act)
         self.kinds: dict[int, str] = {}
+        self.output_relu: dict[int, str] = {}  # ADD/SUB/MUL op -> fused activation
         self.errors: list[str] = []
 
     def plan(self, source: graph.Graph) -> None:
@@ -99,6 +102,19 @@ class _Planner:
             self.kinds[id(op)] = kind
             if kind in _KERNEL_KINDS or kind == "affine":
                 self._plan_fusion(node, source, absorbs_bn=kind != "affine")
+            elif kind == "output" and isinstance(op, _FUSES_RELU):
+                self._plan_output_relu(node, source)
+
+    def _plan_output_relu(self, node, source) -> None:
+        """TFLite's ADD/SUB/MUL run a following ReLU/ReLU6 as their own
+        fused activation, with one output range: fold the activation layer
+        into the op's quantizer (no second rounding, one op fewer)."""
+        user = self._follower(node, source)
+        act = None if user is None or not user.is_layer else fusable_activation(user.operation)
+        if act is not None:
+            self.fused.add(id(user.operation))
+            self.kinds.pop(id(user.operation), None)
+            self.output_relu[id(node.operation)] = act
 
     def _follower(self, node, source):
         user = source.only_consumer(node)
@@ -146,8 +162,10 @@ class _Rewrite:
         self.pruning = pruning or {}  # id(layer) -> its PruneLowMagnitude
         self.wrappers: list[tuple[QuantizeWrapper, Any]] = []  # (new, kernel)
 
-    def quantizer(self, name: str) -> ActivationQuantizer:
-        return ActivationQuantizer(ema_decay=self.ema_decay, name=f"{name}_quant")
+    def quantizer(self, name: str, activation: str | None = None) -> ActivationQuantizer:
+        return ActivationQuantizer(
+            ema_decay=self.ema_decay, activation=activation, name=f"{name}_quant"
+        )
 
     def __call__(self, node, source):
         op = node.operation
@@ -182,7 +200,8 @@ class _Rewrite:
             new = graph.rebuild(op)  # a skipped nested model, kept float
         elif node.is_layer:
             new = copy_layer(op)
-            return Replacement(new, after=[self.quantizer(op.name)], weights=[(op, new)])
+            quantizer = self.quantizer(op.name, self.planner.output_relu.get(id(op)))
+            return Replacement(new, after=[quantizer], weights=[(op, new)])
         else:
             new = op  # a `keras.ops` call: stateless
         return Replacement(new, after=[self.quantizer(op.name)])

@@ -185,7 +185,7 @@ def range_with_zero(low, high):
     return tf.minimum(low, 0.0), tf.maximum(high, 0.0)
 
 
-def fake_quant_activation(x, low, high):
+def fake_quant_activation(x, low, high, range_gradient: bool = True):
     """Fake-quantize `x` asymmetrically to 8 bits over `[low, high]`.
 
     The op nudges the range so that 0 is exactly representable, as TFLite
@@ -202,6 +202,14 @@ def fake_quant_activation(x, low, high):
         x: the tensor to quantize (float32).
         low: lower end of the range (widened to contain 0).
         high: upper end of the range (widened to contain 0).
+        range_gradient: `False` where the range takes no gradient (moving
+            averages, fixed ranges): `x`'s gradient is then one `Relu6Grad`
+            (passed strictly inside the nudged range) instead of the op's
+            gradient, which also sums the gradients outside the range for
+            `low` and `high` (a quarter of the op's cost, on every activation
+            of a train step). It differs from the op's only for inputs exactly
+            on the range's ends (the op passes those) and for an empty range
+            (constant output: nothing passes; the op passes everything).
 
     Returns:
         `x` clipped to the nudged range and rounded to its 256 levels.
@@ -223,6 +231,24 @@ def fake_quant_activation(x, low, high):
     nudged_low, nudged_high, _, _ = _nudge(low, low + safe, 0.0, 255.0)
     low = tf.where(width > 0, nudged_low, low)
     high = tf.where(width > 0, nudged_high, high)
+    if range_gradient or _FOR_EXPORT.get():
+        return _fake_quant_op(x, low, high)
+
+    @tf.custom_gradient
+    def inside_range(v):
+        def grad(dy):
+            # 6 * (v - low) / (high - low) lies in (0, 6) exactly when v is
+            # strictly inside the range. An empty range's output is the
+            # constant 0, so nothing passes (the op passes everything).
+            inv = tf.where(high > low, 6.0 / (high - low), tf.zeros_like(high))
+            return tf.raw_ops.Relu6Grad(gradients=dy, features=(v - low) * inv)
+
+        return _fake_quant_op(v, low, high), grad
+
+    return inside_range(x)
+
+
+def _fake_quant_op(x, low, high):
     return tf.quantization.fake_quant_with_min_max_vars(
         x, low, high, num_bits=8, narrow_range=False
     )
