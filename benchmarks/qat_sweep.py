@@ -220,6 +220,8 @@ def render_qat_sweep(d: dict) -> list[str]:
     models = (d or {}).get("models") or {}
     if not models:
         return out + [f"n/a (not run): {cmd}", ""]
+    if d.get("command"):
+        cmd = f"`{d['command']}`"
     rec = d.get("recipe", {})
     if d.get("note"):
         out += [f"**{d['note']}**", ""]
@@ -241,7 +243,28 @@ def render_qat_sweep(d: dict) -> list[str]:
             err = (r.get("time") or {}).get("error")
             last = f"error: {err[:60]}" if err else (load[0] if load else "n/a")
             out.append(f"| {name} | {lib} | " + " | ".join(cells) + f" | {last} |")
-    return out + [""]
+    return out + ["", _verdicts(models), ""]
+
+
+def _verdicts(models: dict) -> str:
+    """Issue 17's goals, row by row, for tfaccel against tfmot."""
+    lines = []
+    for name, libs in models.items():
+        ours = (libs.get("tfaccel") or {})
+        peer = (libs.get("tfmot") or {})
+        t, pt = ours.get("time_ratio") or {}, peer.get("time_ratio") or {}
+        m, pm = ours.get("memory_ratio") or {}, peer.get("memory_ratio") or {}
+        parts = []
+        for variant, goal in (("qat", 1.25), ("prune", 1.03)):
+            if variant not in t:
+                continue
+            ok = t[variant] <= goal and (variant not in pt or t[variant] <= pt[variant])
+            parts.append(f"{variant} time {'met' if ok else 'not met'}")
+        if "qat" in m and "qat" in pm:
+            parts.append(f"qat memory {'met' if m['qat'] <= pm['qat'] else 'not met'}")
+        lines.append(f"{name}: " + ", ".join(parts))
+    return ("Goals (issue 17: QAT ≤ 1.25x, pruning ≤ 1.03x, each at or below "
+            "tfmot's; QAT memory at or below tfmot's): " + "; ".join(lines) + ".")
 
 
 def main(argv=None) -> dict:
