@@ -116,14 +116,19 @@ class PruningSchedule:
 
     def should_prune(self, step) -> tf.Tensor:
         """Whether masks are recomputed at `step` (a bool tensor)."""
+        # Evaluated by every pruned layer at every step: the bounds are
+        # Python ints, so only the comparisons that can matter are traced.
         step = tf.cast(step, tf.int64)
-        begin = tf.constant(self.begin_step, tf.int64)
-        end = tf.constant(self.end_step, tf.int64)
-        in_range = tf.logical_and(
-            step >= begin, tf.logical_or(step <= end, end < 0)
+        in_range = step >= self.begin_step
+        offset = step - self.begin_step if self.begin_step else step
+        turn = (
+            tf.equal(tf.math.floormod(offset, self.frequency), 0)
+            if self.frequency > 1
+            else tf.ones_like(in_range)
         )
-        turn = tf.equal(tf.math.floormod(step - begin, self.frequency), 0)
-        turn = tf.logical_or(turn, tf.equal(step, end))
+        if self.end_step >= 0:
+            in_range = tf.logical_and(in_range, step <= self.end_step)
+            turn = tf.logical_or(turn, tf.equal(step, self.end_step))
         return tf.logical_and(in_range, turn)
 
     def __call__(self, step) -> tuple[tf.Tensor, tf.Tensor]:
