@@ -21,6 +21,7 @@ from tfaccel.quantization.quantizers import (
 
 __all__ = ["ActivationQuantizer", "QuantizedActivation", "relu_activation"]
 
+
 def relu_activation(activation: str | None) -> str | None:
     """`activation` if an `ActivationQuantizer` applies it (ReLU, ReLU6)."""
     return activation if activation in ("relu", "relu6") else None
