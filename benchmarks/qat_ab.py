@@ -30,7 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -99,20 +98,7 @@ def main(argv=None) -> dict:
         _trace(models[variant], x, y, variant)
     log("traced")
 
-    def runner(model):
-        def run():
-            times = []
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                model.train_on_batch(x, y)
-                times.append(time.perf_counter() - t0)
-            return times
-
-        return run
-
-    timing = common.interleaved_step_times(
-        [(name, runner(model)) for name, model in models.items()],
-        repeats=args.rounds, warmup=1)
+    timing = qat_profile._step_times(models, x, y, args.rounds, args.steps)
     result = {"benchmark": "qat_ab", "command": common.command_line(),
               "env": common.env_info(), "model": args.model,
               "ratio_vs_plain": timing["ratio"], "ratio_iqr": timing["ratio_iqr"],
