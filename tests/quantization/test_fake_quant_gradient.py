@@ -53,15 +53,18 @@ def test_weight_gradient_through_the_bound_matches_the_op(mode, shape):
 def test_forward_is_the_op_bit_for_bit(seed):
     rng = np.random.default_rng(seed)
     shape = [(3, 3, 32, 64), (1, 1, 128, 96), (3, 3, 1, 48)][seed % 3]
-    x = (rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 1)).astype("float32")
+    # Channels of magnitudes 1e-6 .. 1e3, one all-zero (bound 1, as
+    # `_weight_bound` gives it) and, for odd seeds, bounds wider than the
+    # weights (the clip and the nudged ends away from any weight).
+    x = rng.normal(size=shape) * 10.0 ** rng.uniform(-6, 3, shape[-1])
+    x[..., 0] = 0.0
+    x = x.astype("float32")
     bound = np.abs(x.reshape(-1, shape[-1])).max(0)
-    if seed % 2:  # arbitrary ranges, zero point away from the middle
-        low = (rng.uniform(-2, 0.3, shape[-1]) * bound).astype("float32")
-        high = (low + rng.uniform(0.05, 2, shape[-1]) * bound).astype("float32")
-    else:  # the symmetric weight ranges fake_quant_weight passes
-        low, high = -bound, bound
-    mine = _fake_quant_per_channel(tf.constant(x), low, high).numpy()
-    ref = _op(x, low, high).numpy()
+    bound[0] = 1.0
+    if seed % 2:
+        bound = bound * rng.uniform(0.5, 3.0, shape[-1]).astype("float32")
+    mine = _fake_quant_per_channel(tf.constant(x), tf.constant(bound)).numpy()
+    ref = _op(x, -bound, bound).numpy()
     np.testing.assert_array_equal(mine.view(np.int32), ref.view(np.int32))
 
 

@@ -2,24 +2,31 @@
 
 The QAT tests convert with the bare converter, not `tfaccel.export`, so they
 test `quantize` alone: `Optimize.DEFAULT` and no representative data set, so
-every int8 scale comes from the QAT model's fake-quant ops.
+every int8 scale comes from the QAT model's fake-quant ops. They convert in
+`export_tflite`'s conversion contexts (fake-quant ops traced bare): the same
+graph, without the training gradients SavedModel would otherwise trace.
 """
 
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from tfaccel.export.prepare import conversion_contexts
+
 KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
 
 def to_int8_tflite(model, int8_io=True):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
+    # The converter's own path, in the contexts `export_tflite` converts in
+    # (fake-quant ops traced bare, without their training gradients).
+    with conversion_contexts():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return converter.convert()
 
 
 def interpreter(content):

@@ -120,37 +120,43 @@ class ActivationQuantizer(keras.layers.Layer):
             x = _activate(x, relu)
             y = fake_quant_activation(x, *self.fixed_range, range_gradient=False)
             return tf.cast(y, inputs.dtype)
-        old_min = tf.convert_to_tensor(self.range_min)
         old_max = tf.convert_to_tensor(self.range_max)
+        if relu is not None:
+            # After the activation the range's minimum is 0: a Python 0.0,
+            # so the nudge is traced in its closed form (`range_min` stays 0).
+            old_min = 0.0
+            seen = tf.not_equal(old_max, 0.0)
+        else:
+            old_min = tf.convert_to_tensor(self.range_min)
+            seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
         if not (training or self.calibrating):
             x = _activate(x, relu)
             return tf.cast(fake_quant_activation(x, old_min, old_max), inputs.dtype)
-        if relu is None:
-            batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
-        else:
-            batch_min = tf.zeros_like(old_min)
         batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
         if relu == "relu6":
             batch_max = tf.minimum(batch_max, 6.0)
-        seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
         if training:
             d = self.ema_decay
-            new_min = d * old_min + (1.0 - d) * batch_min
             new_max = d * old_max + (1.0 - d) * batch_max
         else:
-            new_min = tf.minimum(old_min, batch_min)
             new_max = tf.maximum(old_max, batch_max)
-        new_min = tf.where(seen, new_min, batch_min)
         new_max = tf.where(seen, new_max, batch_max)
-        if relu is not None:
-            # The activation's outputs: [0, max] (an average of maxima under
-            # 6 stays under 6 but for rounding; keep it there exactly).
-            new_min = tf.zeros_like(new_min)
+        if relu is None:
+            batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
+            if training:
+                new_min = d * old_min + (1.0 - d) * batch_min
+            else:
+                new_min = tf.minimum(old_min, batch_min)
+            new_min = tf.where(seen, new_min, batch_min)
+            # Unconditional assigns: a tf.cond around assigns of a "mean"
+            # variable fails under two replicas (see STACK.md).
+            self.range_min.assign(new_min)
+        else:
+            new_min = 0.0
             if relu == "relu6":
+                # An average of maxima under 6 stays under 6 but for
+                # rounding: keep it there exactly.
                 new_max = tf.minimum(new_max, 6.0)
-        # Unconditional assigns: a tf.cond around assigns of a "mean"
-        # variable fails under two replicas (see STACK.md).
-        self.range_min.assign(new_min)
         self.range_max.assign(new_max)
         # The range is a moving average (no gradient): the cheaper gradient.
         y = fake_quant_activation(x, new_min, new_max, range_gradient=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import numpy as np
 import tensorflow as tf
 
 from tfaccel.export.prepare import register_conversion_context
@@ -67,9 +68,9 @@ def _nudge(low, high, quant_min: float = 1.0, quant_max: float = 255.0):
     return (quant_min - zero) * scale, (quant_max - zero) * scale, scale, inv_scale
 
 
-def _fake_quant_per_channel(x, low, high):
-    """`fake_quant_with_min_max_vars_per_channel` (8 bits, narrow range) in
-    elementwise TF ops, equal to the op bit for bit (tested).
+def _fake_quant_per_channel(x, bound):
+    """`fake_quant_with_min_max_vars_per_channel(x, -bound, bound)` (8 bits,
+    narrow range) in elementwise TF ops, equal to the op bit for bit (tested).
 
     TF's per-channel kernel walks the tensor one channel (a strided column)
     at a time: on ResNet50 it was the largest op of a QAT train step. This
@@ -77,16 +78,26 @@ def _fake_quant_per_channel(x, low, high):
     inv_scale - zero + 0.5) * scale`, as broadcasts that run vectorized (no
     gradient of its own: `fake_quant_weight` defines it). Weight bounds are
     never `[0, 0]` (`_weight_bound`), the op's one special case.
+
+    A symmetric range on the narrow 254 steps nudges in closed form: the
+    kernel's `1 - min / scale = 1 + bound / (2 * bound / 254)` lies within
+    float32 rounding of 128, so its zero point is 128, the nudged range
+    `127 * scale * [-1, 1]`, and `-nudged_min * inv_scale + 0.5` floors to
+    127. The same float32 values as the general nudge, in 4 ops instead of
+    20 (every kernel, every step, and every op traced).
     """
-    nudged_min, nudged_max, scale, inv_scale = _nudge(low, high)
-    zero = tf.floor(-nudged_min * inv_scale + 0.5)
+    width = bound + bound  # `max - min`, exact
+    scale = width / 254.0
+    inv_scale = 254.0 / width
+    nudged_max = 127.0 * scale
+    nudged_min = -nudged_max
     clipped = tf.maximum(tf.minimum(x, nudged_max), nudged_min)
-    return tf.floor((clipped - nudged_min) * inv_scale - zero + 0.5) * scale
+    return tf.floor((clipped - nudged_min) * inv_scale - 127.0 + 0.5) * scale
 
 
-def _per_channel_op(x, low, high):
+def _per_channel_op(x, bound):
     return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        x, low, high, num_bits=8, narrow_range=True
+        x, -bound, bound, num_bits=8, narrow_range=True
     )
 
 
@@ -122,12 +133,12 @@ def _quantize_weight(weight, mode: str, per_channel):
     if mode == "per_channel":
         axes = list(range(len(weight.shape) - 1))
         bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
-        return per_channel(weight, -bound, bound)
+        return per_channel(weight, bound)
     shape = tf.shape(weight)  # depthwise
     kh, kw, cin, mult = weight.shape
     flat = tf.reshape(weight, [kh, kw, cin * mult])
     bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
-    return tf.reshape(per_channel(flat, -bound, bound), shape)
+    return tf.reshape(per_channel(flat, bound), shape)
 
 
 def fake_quant_weight(weight, mode: str):
@@ -214,6 +225,45 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
     Returns:
         `x` clipped to the nudged range and rounded to its 256 levels.
     """
+    if _is_number(low) and _is_number(high):
+        # A fixed range: the same nudge, computed once while tracing.
+        with tf.init_scope():
+            low, high = (float(v) for v in _nudged_range(float(low), float(high)))
+    elif _is_number(low) and float(low) == 0.0:
+        # After a ReLU: the nudge of `[0, high]` keeps zero point 0 and is
+        # `[0, 255 * (high / 255)]`, the general nudge's float32 values.
+        high = tf.maximum(high, 0.0)
+        high = tf.where(high > 0.0, (high / 255.0) * 255.0, high)
+        low = 0.0
+    else:
+        low, high = _nudged_range(low, high)
+    if range_gradient or _FOR_EXPORT.get():
+        return _fake_quant_op(x, low, high)
+
+    @tf.custom_gradient
+    def inside_range(v):
+        def grad(dy):
+            # 6 * (v - low) / (high - low) lies in (0, 6) exactly when v is
+            # strictly inside the range. An empty range's output is the
+            # constant 0, so nothing passes (the op passes everything).
+            lo, hi = (tf.convert_to_tensor(b, tf.float32) for b in (low, high))
+            width = hi - lo
+            safe = tf.where(width > 0.0, width, tf.ones_like(width))
+            inv = tf.where(width > 0.0, 6.0 / safe, tf.zeros_like(width))
+            features = v * inv if _is_number(low) and low == 0.0 else (v - lo) * inv
+            return tf.raw_ops.Relu6Grad(gradients=dy, features=features)
+
+        return _fake_quant_op(v, low, high), grad
+
+    return inside_range(x)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer))
+
+
+def _nudged_range(low, high):
+    """`[low, high]` widened to contain 0 and nudged as FakeQuant nudges it."""
     low, high = range_with_zero(low, high)
     # A symmetric range [-a, a] on 255 steps puts zero half a step from the
     # middle: the op and the converter round that half step differently
@@ -229,23 +279,7 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
     width = high - low
     safe = tf.where(width > 0, width, tf.ones_like(width))
     nudged_low, nudged_high, _, _ = _nudge(low, low + safe, 0.0, 255.0)
-    low = tf.where(width > 0, nudged_low, low)
-    high = tf.where(width > 0, nudged_high, high)
-    if range_gradient or _FOR_EXPORT.get():
-        return _fake_quant_op(x, low, high)
-
-    @tf.custom_gradient
-    def inside_range(v):
-        def grad(dy):
-            # 6 * (v - low) / (high - low) lies in (0, 6) exactly when v is
-            # strictly inside the range. An empty range's output is the
-            # constant 0, so nothing passes (the op passes everything).
-            inv = tf.where(high > low, 6.0 / (high - low), tf.zeros_like(high))
-            return tf.raw_ops.Relu6Grad(gradients=dy, features=(v - low) * inv)
-
-        return _fake_quant_op(v, low, high), grad
-
-    return inside_range(x)
+    return tf.where(width > 0, nudged_low, low), tf.where(width > 0, nudged_high, high)
 
 
 def _fake_quant_op(x, low, high):
