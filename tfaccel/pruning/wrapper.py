@@ -177,9 +177,12 @@ class PruneLowMagnitude(PruningWrapper):
         if self.calls_per_step > 1:
             # A shared layer: calls 1..n are step 1, calls n+1..2n step 2, ...
             step = (step + self.calls_per_step - 1) // self.calls_per_step
-        should_prune, sparsity = self.schedule(step)
+        should_prune = self.schedule.should_prune(step)
 
         def prune():
+            # The target sparsity only where masks change: a decaying
+            # schedule's ops are not run by every layer at every step.
+            sparsity = self.schedule.sparsity_at(step)
             # Rank the float32 weights, not their bfloat16/float16 autocast
             # (mixed precision would tie and misorder close magnitudes).
             with full_precision():
