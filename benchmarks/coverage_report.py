@@ -8,6 +8,9 @@ from __future__ import annotations
 from coverage_cells import MAX_MAE_OVER_STD, MIN_AGREEMENT
 from coverage_models import ROWS
 
+# A float fine-tune under this held-out accuracy did not learn (10 classes).
+UNTRAINED_ACCURACY = 0.2
+
 COMMAND = ".venv/bin/python benchmarks/coverage.py"
 COLUMNS = [("tfaccel", "prune", "prune"), ("tfaccel", "prune_2_4", "2:4"),
            ("tfaccel", "channels", "channels (params)"),
@@ -117,6 +120,7 @@ def _recipes(rows: dict, d: dict) -> list[str]:
 
 def _parity(rows: dict) -> list[str]:
     table = []
+    untrained = []
     for name in [n for n in ROWS if n in rows and ROWS[n].kind == "applications"]:
         line = [name]
         for side in ("tfaccel", "tfmot"):
@@ -124,17 +128,29 @@ def _parity(rows: dict) -> list[str]:
             cell = (s.get("cells") or {}).get("qat_int8") or {}
             p = cell.get("parity") or {}
             acc = (s.get("setup") or {}).get("float_test_accuracy")
-            line += [_pct(acc), _pct(cell.get("qat_test_accuracy")), _pct(p.get("agreement")),
+            agreement = _pct(p.get("agreement"))
+            if acc is not None and acc < UNTRAINED_ACCURACY and p.get("agreement") is not None:
+                agreement += " (no evidence)"
+                untrained.append(f"{name} ({'tfaccel' if side == 'tfaccel' else 'tfmot'}: "
+                                 f"float {acc:.1%})")
+            line += [_pct(acc), _pct(cell.get("qat_test_accuracy")), agreement,
                      _pct(p.get("mae_over_std"), 2)]
         table.append(line)
     if not table:
         return []
-    return [f"Parity of the QAT int8 file with its QAT Keras model on trained weights "
-            f"(keras.applications rows; goal: agreement >= {MIN_AGREEMENT:.0%} and MAE "
-            f"<= {MAX_MAE_OVER_STD:.0%} of the output std; accuracies on held-out digits "
-            "after the short fine-tunes):", ""] + _table(
+    lines = [f"Parity of the QAT int8 file with its QAT Keras model on trained weights "
+             f"(keras.applications rows; goal: agreement >= {MIN_AGREEMENT:.0%} and MAE "
+             f"<= {MAX_MAE_OVER_STD:.0%} of the output std; accuracies on held-out digits "
+             "after the short fine-tunes):", ""] + _table(
         ["row", "float acc", "QAT acc", "agreement", "MAE/std", "tfmot float acc",
          "tfmot QAT acc", "tfmot agreement", "tfmot MAE/std"], table)
+    if untrained:
+        lines += [f"No evidence of parity where the float fine-tune stayed under "
+                  f"{UNTRAINED_ACCURACY:.0%} on 10 digit classes (chance 10%): a model "
+                  "that did not learn gives about one class, and agreeing with it proves "
+                  "nothing. Its row needs a recipe that trains it: "
+                  + ", ".join(untrained) + ".", ""]
+    return lines
 
 
 def _behind_tfmot(rows: dict) -> list[str]:
