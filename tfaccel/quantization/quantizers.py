@@ -211,7 +211,10 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
 
     Args:
         x: the tensor to quantize (float32).
-        low: lower end of the range (widened to contain 0).
+        low: lower end of the range (widened to contain 0). A Python
+            number 0 (the range after a ReLU) nudges `[0, high]` in its
+            closed form; Python numbers for both ends (a fixed range) are
+            nudged once, while tracing. Same values as tensors would give.
         high: upper end of the range (widened to contain 0).
         range_gradient: `False` where the range takes no gradient (moving
             averages, fixed ranges): `x`'s gradient is then one `Relu6Grad`
