@@ -135,19 +135,17 @@ class ActivationQuantizer(keras.layers.Layer):
         batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
         if relu == "relu6":
             batch_max = tf.minimum(batch_max, 6.0)
-        if training:
+        def moving(old, batch, widen):
+            """Training: the moving average; calibration: the widened range.
+            The first batch seen sets it."""
             d = self.ema_decay
-            new_max = d * old_max + (1.0 - d) * batch_max
-        else:
-            new_max = tf.maximum(old_max, batch_max)
-        new_max = tf.where(seen, new_max, batch_max)
+            new = d * old + (1.0 - d) * batch if training else widen(old, batch)
+            return tf.where(seen, new, batch)
+
+        new_max = moving(old_max, batch_max, tf.maximum)
         if relu is None:
             batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
-            if training:
-                new_min = d * old_min + (1.0 - d) * batch_min
-            else:
-                new_min = tf.minimum(old_min, batch_min)
-            new_min = tf.where(seen, new_min, batch_min)
+            new_min = moving(old_min, batch_min, tf.minimum)
             # Unconditional assigns: a tf.cond around assigns of a "mean"
             # variable fails under two replicas (see STACK.md).
             self.range_min.assign(new_min)

@@ -228,11 +228,13 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
     Returns:
         `x` clipped to the nudged range and rounded to its 256 levels.
     """
-    if _is_number(low) and _is_number(high):
+    fixed = _is_number(low) and _is_number(high)
+    after_relu = _is_number(low) and not fixed and float(low) == 0.0
+    if fixed:
         # A fixed range: the same nudge, computed once while tracing.
         with tf.init_scope():
             low, high = (float(v) for v in _nudged_range(float(low), float(high)))
-    elif _is_number(low) and float(low) == 0.0:
+    elif after_relu:
         # After a ReLU: the nudge of `[0, high]` keeps zero point 0 and is
         # `[0, 255 * (high / 255)]`, the general nudge's float32 values.
         high = tf.maximum(high, 0.0)
@@ -253,7 +255,7 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
             width = hi - lo
             safe = tf.where(width > 0.0, width, tf.ones_like(width))
             inv = tf.where(width > 0.0, 6.0 / safe, tf.zeros_like(width))
-            features = v * inv if _is_number(low) and low == 0.0 else (v - lo) * inv
+            features = v * inv if after_relu else (v - lo) * inv
             return tf.raw_ops.Relu6Grad(gradients=dy, features=features)
 
         return _fake_quant_op(v, low, high), grad
