@@ -193,7 +193,6 @@ def child(argv) -> None:
 
 def main(argv=None) -> dict:
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="", help=f"comma-separated subset of "
@@ -212,20 +211,19 @@ def main(argv=None) -> dict:
         parser.error(f"--rows must be among {list(ROWS)}. Received: {unknown}")
     log = common.Clock("coverage")
     out = os.path.join(common.ROOT, args.out)
-    try:
-        with open(out) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
-        result = {}
-    result.update({"benchmark": "coverage", "command": common.command_line(),
-                   "env": common.env_info(), "recipe": recipe(args)})
-    result.setdefault("rows", {})
+    env_info = common.env_info()
+    fields = {"benchmark": "coverage", "command": common.command_line(),
+              "env": env_info, "recipe": recipe(args)}
+    sides = "tfaccel side" if args.skip_tfmot else "both sides"
+    run = (f"{fields['command']} ({env_info['time_utc']}, commit "
+           f"{env_info['git_commit']}, {sides})")
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     here = os.path.dirname(os.path.abspath(__file__))
+    result = _merge(out, fields, run, {})
     for name in rows:
         entry = dict(result["rows"].get(name) or {})
         entry.update({"kind": ROWS[name].kind, "description": ROWS[name].description,
-                      "recipe": result["recipe"], "time_utc": common.env_info()["time_utc"],
+                      "recipe": fields["recipe"], "time_utc": common.env_info()["time_utc"],
                       "loadavg": [round(v, 2) for v in os.getloadavg()]})
         log(f"{name}: tfaccel")
         entry["tfaccel"] = cc.run_row(os.path.join(here, "coverage.py"), name, CELLS,
@@ -235,12 +233,35 @@ def main(argv=None) -> dict:
             entry["tfmot"] = cc.run_row(
                 os.path.join(here, "peer_tfmot_coverage.py"), name, cc.TFMOT_CELLS,
                 args.timeout, cc.recipe_args(args), {**env, "TF_USE_LEGACY_KERAS": "1"})
-        result["rows"][name] = entry
         log(f"{name}: " + ", ".join(f"{c} {v['status']}" for c, v in
                                      entry["tfaccel"]["cells"].items()))
-        common.emit(result, out)  # after every row: an interrupted run keeps its rows
-    result["rows"] = {n: result["rows"][n] for n in ROWS if n in result["rows"]}
+        # After every row: an interrupted run keeps its rows.
+        result = _merge(out, fields, run, {name: entry})
     result["elapsed_s"] = log.elapsed()
+    common.emit(result, out)
+    return result
+
+
+def _merge(out: str, fields: dict, run: str, rows: dict) -> dict:
+    """Merges `rows` into the JSON at `out` as it is now, and writes it.
+
+    The file is re-read at every write, so rows (and hand-written notes)
+    that another run or an editor stored meanwhile are kept; `runs` lists
+    each command that contributed rows.
+    """
+    import json
+
+    try:
+        with open(out) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        result = {}
+    result.update(fields)
+    result.pop("loadavg_end", None)
+    merged = {**result.get("rows", {}), **rows}
+    result["rows"] = {n: merged[n] for n in [*ROWS, *merged] if n in merged}
+    if rows and run not in result.setdefault("runs", []):
+        result["runs"].append(run)
     common.emit(result, out)
     return result
 

@@ -7,6 +7,7 @@ the harness is checked on a child that crashes inside a cell.
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import textwrap
@@ -90,3 +91,25 @@ def test_a_crash_is_a_recorded_cell_and_the_row_goes_on(coverage, tmp_path):
     assert result["launches"] == 2
     assert cells["c"]["status"] == "fail"
     assert cells["c"]["error"].startswith("ZeroDivisionError: division by zero")
+
+
+def test_a_row_merges_into_the_file_as_it_is_when_written(coverage, tmp_path):
+    # Two row runs into one JSON, or a hand-written note added while a row
+    # ran: each write re-reads the file and replaces only its own rows.
+    out = str(tmp_path / "coverage.json")
+    fields = {"benchmark": "coverage", "command": "first"}
+    coverage._merge(out, fields, "run one", {"MobileNet": {"tfaccel": 1}})
+    with open(out) as f:
+        edited = json.load(f)
+    edited["note"] = "written by hand meanwhile"
+    edited["rows"]["ResNet50"] = {"tfaccel": 2}
+    with open(out, "w") as f:
+        json.dump(edited, f)
+    result = coverage._merge(out, {**fields, "command": "second"}, "run two",
+                             {"MobileNet": {"tfaccel": 3}})
+    with open(out) as f:
+        assert json.load(f) == result
+    assert result["note"] == "written by hand meanwhile"
+    assert result["rows"] == {"MobileNet": {"tfaccel": 3}, "ResNet50": {"tfaccel": 2}}
+    assert list(result["rows"]) == ["MobileNet", "ResNet50"]  # the matrix's order
+    assert result["runs"] == ["run one", "run two"] and result["command"] == "second"
