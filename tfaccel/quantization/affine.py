@@ -3,7 +3,8 @@
 A BatchNormalization that does not follow a convolution (pre-activation
 ResNets, after a `Dense` with an activation), a `Normalization` and a
 `Rescaling` layer are converted to `MUL` by a constant and `ADD` of a
-constant. Each of the two ops needs an int8 output scale and each constant
+constant; a per-channel scale without shift (ConvNeXt's `LayerScale`) to
+the `MUL` alone. Each of the two ops needs an int8 output scale and each constant
 an int8 scale, or the converter leaves them float. `QuantizeAffineWrapper`
 computes the layer's inference form `x * scale + offset` with both
 constants fake-quantized per tensor (the scheme of the int8 MUL/ADD
@@ -29,6 +30,7 @@ from tfaccel.quantization.layers import (
     update_moving_statistics,
 )
 from tfaccel.quantization.quantizers import fake_quant_activation
+from tfaccel.quantization.registry import quantize_kind, register_lazy, register_quantizable
 
 __all__ = ["QuantizeAffineWrapper", "affine_parts"]
 
@@ -57,11 +59,28 @@ def _rescaling(layer):
     return scale, offset
 
 
+def _layer_scale(layer):
+    return ops.convert_to_tensor(layer.gamma), ops.zeros((), layer.gamma.dtype)
+
+
 _PARTS = {
     keras.layers.BatchNormalization: _batch_norm,
     keras.layers.Normalization: _normalization,
     keras.layers.Rescaling: _rescaling,
 }
+# Classes whose layers never shift (`x * scale` only): no ADD in the file.
+_SCALE_ONLY: set[type] = set()
+
+
+def _register_layer_scale(cls: type) -> None:
+    # keras.applications' ConvNeXt `LayerScale`: `x * gamma`, gamma per channel.
+    _PARTS[cls] = _layer_scale
+    _SCALE_ONLY.add(cls)
+    register_quantizable(cls, "affine")
+
+
+# Registered when `quantize` (or loading a saved wrapper) first meets it.
+register_lazy("keras.src.applications.convnext.LayerScale", _register_layer_scale)
 
 
 def affine_parts(layer):
@@ -73,16 +92,19 @@ def affine_parts(layer):
     >>> [float(v) for v in affine_parts(layer)]
     [0.0078125, -1.0]
     """
+    quantize_kind(layer)  # registers a lazily known class (LayerScale)
     for cls in type(layer).__mro__:
         if cls in _PARTS:
             return _PARTS[cls](layer)
     raise ValueError(
-        "`layer` must be a BatchNormalization, Normalization or Rescaling "
-        f"layer. Received: layer={type(layer).__name__}"
+        "`layer` must be a BatchNormalization, Normalization, Rescaling or "
+        f"LayerScale layer. Received: layer={type(layer).__name__}"
     )
 
 
 def _has_offset(layer) -> bool:
+    if isinstance(layer, tuple(_SCALE_ONLY)):
+        return False
     if isinstance(layer, keras.layers.Rescaling):
         return bool(np.any(np.asarray(layer.offset) != 0))
     return True
@@ -96,13 +118,13 @@ def _fake_quant_constant(value):
 
 @keras.saving.register_keras_serializable(package="tfaccel")
 class QuantizeAffineWrapper(keras.layers.Wrapper):
-    """BatchNormalization, Normalization or Rescaling as int8 MUL then ADD.
+    """BatchNormalization, Normalization, Rescaling, LayerScale as int8 MUL, ADD.
 
     The forward pass is the layer's inference form `x * scale + offset`
     (moving statistics for a BatchNormalization), with `scale` and `offset`
     fake-quantized per tensor and each product quantized to int8: what
-    TFLite's int8 MUL and ADD compute. A `Rescaling` without offset is one
-    MUL. In training a BatchNormalization's moving statistics keep updating
+    TFLite's int8 MUL and ADD compute. A `Rescaling` without offset and
+    ConvNeXt's `LayerScale` are one MUL. In training a BatchNormalization's moving statistics keep updating
     from the batch (unless it is frozen, `trainable=False`), and gradients
     reach its gamma and beta, as in `QuantizeWrapper`.
 
@@ -114,8 +136,8 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
     TensorShape([2, 4])
 
     Args:
-        layer: a `BatchNormalization` (last axis), `Normalization` or
-            `Rescaling` layer.
+        layer: a `BatchNormalization` (last axis), `Normalization`,
+            `Rescaling` or keras.applications ConvNeXt `LayerScale` layer.
         activation: `"linear"`, `"relu"` or `"relu6"`, fused as TFLite does.
         ema_decay: decay of the output ranges' moving averages.
     """
@@ -133,6 +155,7 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
                 f"`activation` must be one of {_FUSABLE}. Received: activation={activation!r}"
             )
         self.activation = activation
+        quantize_kind(layer)  # registers a lazily known class (LayerScale)
         if not isinstance(layer, tuple(_PARTS)):
             affine_parts(layer)  # raises, naming the layers it takes
         self.supports_masking = True
