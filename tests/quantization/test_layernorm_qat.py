@@ -227,3 +227,35 @@ def test_a_fresh_layer_converts(rows):
     qat = quantize(keras.Model(inputs, outputs), calibration_data=rows)
     it = tfl.interpreter(tfl.to_int8_tflite(qat))
     assert tfl.float_ops(it) == []
+
+
+@pytest.mark.parametrize("name", ["default", "no_center", "neither"])
+def test_post_training_int8_keeps_no_op_float(rows, name, tmp_path):
+    # Keras' own form `x * inv + (beta - mean * inv)` leaves a float NEG in
+    # the converter's post-training int8 file; export traces it centered.
+    from tfaccel.export import export_tflite
+
+    model = _model(**CONFIGS[name])
+    keras_call = keras.layers.LayerNormalization.call
+    report = export_tflite(model, tmp_path / "ln.tflite", quantization="int8",
+                           representative_data=rows, verification_data=rows)
+    assert report.float_ops == []
+    assert "NEG" not in report.ops and "RSQRT" in report.ops
+    assert report.mean_abs_error <= 0.05 * float(np.std(model.predict(rows, verbose=0)))
+    assert keras.layers.LayerNormalization.call is keras_call  # restored
+
+
+def test_the_export_form_equals_keras_on_any_axes(rows):
+    from tfaccel.quantization.layernorm import centered_for_export
+
+    x = rows[:16] * 3.0 + 1.0
+    for axis in (-1, 1, [1, 2]):
+        layer = keras.layers.LayerNormalization(axis=axis, epsilon=1e-5)
+        layer.build(x.shape)
+        rng = np.random.default_rng(0)
+        for w in layer.weights:
+            w.assign(rng.normal(1.0, 0.3, w.shape).astype("float32"))
+        want = np.asarray(layer(x))
+        with centered_for_export():
+            got = np.asarray(layer(x))
+        np.testing.assert_allclose(got, want, atol=2e-5)

@@ -31,15 +31,23 @@ TFLite's int8 RSQRT returns its largest value for an input of exactly 0 (a
 variance below half a step): the QAT layer does the same, and leaves those
 tokens out of the range statistics so that one flat token cannot stretch
 the range of all the others.
+
+Post-training int8 (a plain `LayerNormalization` given to `export_tflite`)
+gets the same centered order: while the converter traces, Keras'
+`LayerNormalization.call` computes `(x - mean) * (gamma * inv_std) + beta`
+(`centered_for_export`, a conversion context), equal to Keras' form in
+float and with no NEG left float in the int8 file.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from tfaccel.export.prepare import register_conversion_context
 from tfaccel.graph import Replacement
 from tfaccel.quantization.activations import ActivationQuantizer
 from tfaccel.quantization.affine import _fake_quant_constant as _constant
@@ -184,3 +192,57 @@ def _supported(layer) -> bool:
 register_qat_layer(
     keras.layers.LayerNormalization, _quantized_layer_normalization, supported=_supported
 )
+
+
+def _centered_call(self, inputs):
+    """`LayerNormalization.call`, centering first (see the module doc)."""
+    if self.rms_scaling:
+        return _KERAS_CALL(self, inputs)
+    x = tf.cast(inputs, "float32")
+    rank = len(x.shape)
+    axes = sorted(a % rank for a in (self.axis if isinstance(self.axis, (list, tuple))
+                                     else [self.axis]))
+    shape = [x.shape[a] if a in axes else 1 for a in range(rank)]
+    centered = x - tf.reduce_mean(x, axis=axes, keepdims=True)
+    variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
+    scale = tf.math.rsqrt(variance + self.epsilon)
+    if self.gamma is not None:
+        scale = scale * tf.reshape(tf.cast(self.gamma, "float32"), shape)
+    y = centered * scale
+    if self.beta is not None:
+        y = y + tf.reshape(tf.cast(self.beta, "float32"), shape)
+    return tf.cast(y, self.compute_dtype)
+
+
+_KERAS_CALL = keras.layers.LayerNormalization.call
+
+
+@contextlib.contextmanager
+def centered_for_export():
+    """Keras' `LayerNormalization` traces its centered form (int8-friendly).
+
+    Entered by `export_tflite` while the converter traces: Keras computes
+    `x * inv + (beta - mean * inv)`, whose `-mean` the converter's
+    post-training int8 keeps as a float NEG; centering first is the same
+    function with every op integer. Layers that define their own `call`
+    (`QuantizedLayerNormalization`, user subclasses) are unchanged.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = keras.layers.LayerNormalization()
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 8)).astype("float32")
+    >>> with centered_for_export():
+    ...     centered = layer(x)
+    >>> float(np.max(np.abs(centered - layer(x)))) < 1e-5
+    True
+    """
+    cls = keras.layers.LayerNormalization
+    cls.call = _centered_call
+    try:
+        yield
+    finally:
+        cls.call = _KERAS_CALL
+
+
+register_conversion_context("layer_norm_centered", centered_for_export)
