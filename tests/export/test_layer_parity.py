@@ -48,3 +48,30 @@ def test_bad_inputs_are_named(qat_file):
     with pytest.raises(ValueError, match=r"`x` must be a batch .*Received: x.shape"):
         compare_layers(qat, path, x[:, :4])
     assert np.isfinite(x).all()
+
+
+def test_alone_each_layer_matches_the_file_on_its_own_inputs(qat_file):
+    qat, path, x = qat_file
+    rows = compare_layers(qat, path, x)
+    alone = [r for r in rows if r.alone_differ is not None]
+    # Every layer after the first reads compared layers' tensors.
+    assert len(alone) >= len(rows) - 2, rows
+    for row in alone:
+        assert row.alone_max_steps <= 1 and row.alone_differ <= 0.02, row
+
+
+def test_alone_tells_a_modelling_error_from_what_it_passes_on(qat_file):
+    qat, path, x = qat_file
+    wrappers = [layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    broken, after = wrappers[0], wrappers[1]
+    kernel = broken.layer.kernel
+    saved = kernel.numpy()
+    kernel.assign(saved * -1.0)
+    try:
+        rows = {r.layer: r for r in compare_layers(qat, path, x)}
+    finally:
+        kernel.assign(saved)
+    assert rows[broken.name].alone_differ is not None
+    assert rows[broken.name].alone_max_steps >= 10  # wrong on its own
+    assert rows[after.name].off_by_more > 0.2  # wrong inputs, end to end
+    assert rows[after.name].alone_max_steps <= 1  # but right on the file's inputs

@@ -13,8 +13,11 @@ except for outputs that sit within a rounding error of a step boundary
 (float arithmetic and a float bias in Keras, integer arithmetic and an
 int32 bias rounded to `s_input * s_weight` in the file), and the share of
 one-step differences grows with depth as each layer amplifies its inputs'
-differences. A layer
-where the share jumps from near zero to many steps is a modelling error.
+differences. To tell the two apart, each layer is also run *alone*: on
+the file's own (dequantized) inputs of that layer, so only the layer's own
+arithmetic differs. A layer that is right matches the file alone to a step
+on a rounding boundary, however deep it sits; a modelling error differs
+alone too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class LayerParity:
         off_by_one: share of the outputs exactly one step apart.
         off_by_more: share of the outputs two or more steps apart.
         max_steps: the largest difference, in quantization steps.
+        alone_differ: share of the outputs that differ when the Keras layer
+            is given the file's own inputs of it (not the Keras model's):
+            the layer's own error, without what earlier layers passed on.
+            None when the file has no int8 tensor for one of its inputs.
+        alone_max_steps: the largest difference then, in steps (or None).
     """
 
     layer: str
@@ -47,6 +55,8 @@ class LayerParity:
     off_by_one: float
     off_by_more: float
     max_steps: int
+    alone_differ: float | None = None
+    alone_max_steps: int | None = None
 
     @property
     def exact(self) -> float:
@@ -74,7 +84,10 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
     every tensor kept), maps each int8 output tensor to the Keras layer of
     `model` it comes from (the last such tensor of each layer whose shape is
     the layer's output shape), and compares the file's integers with the
-    Keras layer outputs quantized to the same scale and zero point.
+    Keras layer outputs quantized to the same scale and zero point: end to
+    end (`off_by_one`, `off_by_more`), and with the layer alone on the
+    file's own inputs (`alone_differ`), where every input of the layer is
+    another compared layer's tensor.
 
     Example:
 
@@ -147,19 +160,58 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
     probe = keras.Model(model.inputs, [layers[n].output for n in names])
     outputs = probe.predict(x, verbose=0, batch_size=len(x))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    rows = []
-    for name, want in zip(names, outputs):
-        op_index, op_name, index = found[name]
+    def steps(name, value):
+        index = found[name][2]
         tensor = interpreter._get_tensor_details(index, 0)  # noqa: SLF001
         scale, zero_point = tensor["quantization"]
         have = interpreter.get_tensor(index).astype(np.int64)
         # Not clipped to int8: a Keras value beyond the file's range is a difference.
-        keras_q = np.round(np.asarray(want) / scale) + zero_point
-        steps = np.abs(keras_q.astype(np.int64) - have)
+        keras_q = np.round(np.asarray(value) / scale) + zero_point
+        return np.abs(keras_q.astype(np.int64) - have)
+
+    def file_value(name):
+        index = found[name][2]
+        scale, zero_point = interpreter._get_tensor_details(index, 0)["quantization"]  # noqa: SLF001
+        return ((interpreter.get_tensor(index).astype(np.float64) - zero_point)
+                * scale).astype(np.float32)
+
+    rows = []
+    for name, want in zip(names, outputs):
+        op_index, op_name, _ = found[name]
+        diff = steps(name, want)
+        alone = _alone(layers[name], found, file_value)
+        alone_diff = None if alone is None else steps(name, alone)
         rows.append(LayerParity(
             layer=name, op=op_name, op_index=int(op_index),
-            off_by_one=float(np.mean(steps == 1)),
-            off_by_more=float(np.mean(steps >= 2)),
-            max_steps=int(steps.max()) if steps.size else 0,
+            off_by_one=float(np.mean(diff == 1)),
+            off_by_more=float(np.mean(diff >= 2)),
+            max_steps=int(diff.max()) if diff.size else 0,
+            alone_differ=None if alone_diff is None else float(np.mean(alone_diff > 0)),
+            alone_max_steps=(None if alone_diff is None
+                             else int(alone_diff.max()) if alone_diff.size else 0),
         ))
     return rows
+
+
+def _alone(layer, found: dict, file_value) -> np.ndarray | None:
+    """`layer`'s Keras output on the file's own tensors of its inputs.
+
+    None when the layer is called more than once, or one of its inputs is
+    not a compared layer's output (a model input, a folded or float op).
+    """
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1:
+        return None
+    node = nodes[0]
+    producers = [t._keras_history.operation for t in node.input_tensors]  # noqa: SLF001
+    if not producers or any(p.name not in found for p in producers):
+        return None
+    import keras
+
+    values = {id(t): file_value(p.name) for t, p in zip(node.input_tensors, producers)}
+    # The call's own structure (a list for Add), its tensors replaced.
+    args, kwargs = keras.tree.map_structure(
+        lambda v: values[id(v)] if isinstance(v, keras.KerasTensor) else v,
+        (node.arguments.args, node.arguments.kwargs),
+    )
+    return np.asarray(layer(*args, **{**kwargs, "training": False}))

@@ -30,7 +30,11 @@ from tfaccel.quantization.layers import (
     update_moving_statistics,
 )
 from tfaccel.quantization.quantizers import fake_quant_activation
-from tfaccel.quantization.registry import quantize_kind, register_lazy, register_quantizable
+from tfaccel.quantization.registry import (
+    quantize_kind,
+    register_lazy,
+    register_quantizable,
+)
 
 __all__ = ["QuantizeAffineWrapper", "affine_parts"]
 
