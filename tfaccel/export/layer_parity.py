@@ -193,22 +193,39 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
     return rows
 
 
-def _alone(layer, found: dict, file_value) -> np.ndarray | None:
+def _alone(layer, found: dict, file_value, depth: int = 0) -> np.ndarray | None:
     """`layer`'s Keras output on the file's own tensors of its inputs.
 
-    None when the layer is called more than once, or one of its inputs is
-    not a compared layer's output (a model input, a folded or float op).
+    An input that no compared tensor holds but that a layer without weights
+    (or an `ActivationQuantizer`) makes from them (a ZeroPadding2D the
+    converter folded into the next convolution, a Reshape, a Dropout) is
+    computed by that layer on the file's tensors in turn. None when the layer is called more than once,
+    or an input cannot be traced back that way (a model input, a float op).
     """
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if len(nodes) != 1:
-        return None
-    node = nodes[0]
-    producers = [t._keras_history.operation for t in node.input_tensors]  # noqa: SLF001
-    if not producers or any(p.name not in found for p in producers):
-        return None
     import keras
 
-    values = {id(t): file_value(p.name) for t, p in zip(node.input_tensors, producers)}
+    from tfaccel.quantization.activations import ActivationQuantizer
+
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1 or not nodes[0].input_tensors:
+        return None
+    node = nodes[0]
+    values = {}
+    for tensor in node.input_tensors:
+        producer = tensor._keras_history.operation  # noqa: SLF001
+        if producer.name in found:
+            values[id(tensor)] = file_value(producer.name)
+            continue
+        # Layers with weights compute: their own rows. An ActivationQuantizer's
+        # weights are its range, which the file's tensor already sits on.
+        computes = getattr(producer, "weights", None) and not isinstance(
+            producer, ActivationQuantizer)
+        if depth >= 4 or computes or isinstance(producer, keras.layers.InputLayer):
+            return None
+        value = _alone(producer, found, file_value, depth + 1)
+        if value is None:
+            return None
+        values[id(tensor)] = value
     # The call's own structure (a list for Add), its tensors replaced.
     args, kwargs = keras.tree.map_structure(
         lambda v: values[id(v)] if isinstance(v, keras.KerasTensor) else v,
