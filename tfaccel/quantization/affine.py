@@ -4,8 +4,8 @@ A BatchNormalization that does not follow a convolution (pre-activation
 ResNets, after a `Dense` with an activation), a `Normalization` and a
 `Rescaling` layer are converted to `MUL` by a constant and `ADD` of a
 constant; a per-channel scale without shift (ConvNeXt's `LayerScale`) to
-the `MUL` alone. Each of the two ops needs an int8 output scale and each constant
-an int8 scale, or the converter leaves them float. `QuantizeAffineWrapper`
+the `MUL` alone. Each of the two ops needs an int8 output scale and each
+constant an int8 scale, or the converter leaves them float. `QuantizeAffineWrapper`
 computes the layer's inference form `x * scale + offset` with both
 constants fake-quantized per tensor (the scheme of the int8 MUL/ADD
 operands) and an `ActivationQuantizer` after each op; a ReLU/ReLU6 after it
@@ -128,9 +128,10 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
     (moving statistics for a BatchNormalization), with `scale` and `offset`
     fake-quantized per tensor and each product quantized to int8: what
     TFLite's int8 MUL and ADD compute. A `Rescaling` without offset and
-    ConvNeXt's `LayerScale` are one MUL. In training a BatchNormalization's moving statistics keep updating
-    from the batch (unless it is frozen, `trainable=False`), and gradients
-    reach its gamma and beta, as in `QuantizeWrapper`.
+    ConvNeXt's `LayerScale` are one MUL. In training a BatchNormalization's
+    moving statistics keep updating from the batch (unless it is frozen,
+    `trainable=False`), and gradients reach its gamma and beta (a
+    LayerScale's gamma too), as in `QuantizeWrapper`.
 
     Example:
 
