@@ -154,7 +154,7 @@ class RowSide:
 
     def setup(self) -> dict:
         self.k.utils.set_random_seed(0)
-        self.model = self.compile(self.row.build(self.k))
+        self.model = self.compile(self.row.build(self.k), self.row.float_lr or common.LR)
         loss = fit_steps(self.model, self.data, self.args.float_steps)
         return {"params": int(self.model.count_params()), "float_loss": loss,
                 "float_test_accuracy": accuracy(self.model, self.data)}
