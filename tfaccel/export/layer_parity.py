@@ -157,7 +157,12 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
     if not found:
         return []
     names = sorted(found, key=lambda n: found[n][0])
-    probe = keras.Model(model.inputs, [layers[n].output for n in names])
+    # The value the QAT model carries on: a layer whose only consumer is an
+    # ActivationQuantizer (a pooling, an Add) is compared after it, clipped
+    # to the range the file holds too.
+    carried = {n: _quantizer_after(layers[n]) for n in names}
+    probe = keras.Model(model.inputs, [
+        (carried[n] or layers[n]).output for n in names])
     outputs = probe.predict(x, verbose=0, batch_size=len(x))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     def steps(name, value):
@@ -180,6 +185,8 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
         op_index, op_name, _ = found[name]
         diff = steps(name, want)
         alone = _alone(layers[name], found, file_value)
+        if alone is not None and carried[name] is not None:
+            alone = np.asarray(carried[name](alone, training=False))
         alone_diff = None if alone is None else steps(name, alone)
         rows.append(LayerParity(
             layer=name, op=op_name, op_index=int(op_index),
@@ -191,6 +198,17 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
                              else int(alone_diff.max()) if alone_diff.size else 0),
         ))
     return rows
+
+
+def _quantizer_after(layer):
+    """The ActivationQuantizer that is the only consumer of `layer`, if any."""
+    from tfaccel.quantization.activations import ActivationQuantizer
+
+    nodes = getattr(layer, "_outbound_nodes", [])
+    if len(getattr(layer, "_inbound_nodes", [])) != 1 or len(nodes) != 1:
+        return None
+    consumer = nodes[0].operation
+    return consumer if isinstance(consumer, ActivationQuantizer) else None
 
 
 def _alone(layer, found: dict, file_value, depth: int = 0) -> np.ndarray | None:
