@@ -75,3 +75,28 @@ def test_alone_tells_a_modelling_error_from_what_it_passes_on(qat_file):
     assert rows[broken.name].alone_max_steps >= 10  # wrong on its own
     assert rows[after.name].off_by_more > 0.2  # wrong inputs, end to end
     assert rows[after.name].alone_max_steps <= 1  # but right on the file's inputs
+
+
+def test_alone_runs_through_operations_between_layers(digits, tmp_path):
+    # `x + y` and a ReLU op between layers (keras.ops nodes, no `training`),
+    # a pooling without weights before the head.
+    import keras
+
+    x_train, y_train, x_test, _ = digits
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    y = keras.layers.Conv2D(8, 3, padding="same")(x)
+    x = keras.ops.relu(x + y)
+    x = keras.layers.MaxPooling2D()(x)
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train[:512], y_train[:512], epochs=2, verbose=0)
+    qat = quantize(model, calibration_data=x_train[:256])
+    path = str(tmp_path / "m.tflite")
+    export_tflite(qat, path, verification_data=x_test[:64])
+    rows = compare_layers(qat, path, x_test[:64])
+    alone = [r for r in rows if r.alone_differ is not None]
+    assert len(alone) >= 3, rows
+    for row in alone:
+        assert row.alone_max_steps <= 1, row

@@ -1,11 +1,14 @@
 """PruneChannels and prune_channels: masks, fit, distribution, serialization."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.tiny_models import make_cnn
+from tfaccel import TfaccelWarning
 from tfaccel.pruning.channels import PruneChannels, channel_fractions, prune_channels
 from tfaccel.schedules import ConstantSparsity
 
@@ -203,8 +206,11 @@ def test_prune_channels_names_layers_it_cannot_prune():
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
     x = keras.layers.Reshape((-1,), name="reshape")(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
-    # By default the conv is silently left dense...
-    assert _wrappers(prune_channels(model)) == []
+    # By default the conv is left dense, and a warning says why nothing was
+    # pruned (NASNetMobile: every Conv2D reaches a SeparableConv2D)...
+    with pytest.warns(TfaccelWarning, match=r"left every layer dense: 2 layers reach .*'conv': "
+                      r"'reshape' \(Reshape\) is not a layer"):
+        assert _wrappers(prune_channels(model)) == []
     # ...and naming it explains why it cannot be pruned.
     with pytest.raises(ValueError, match=r"'conv'.*'reshape' \(Reshape\)"):
         prune_channels(model, layers=["conv"])
@@ -226,6 +232,20 @@ def test_residual_producers_skipped_by_default():
     assert [w.layer.name for w in _wrappers(prune_channels(model))] == ["c"]
     explicit = prune_channels(model, layers=["a", "b", "c"])
     assert [w.layer.name for w in _wrappers(explicit)] == ["a", "b", "c"]
+
+
+def test_only_merged_producers_warn_that_they_are_grouped():
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(a)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    with pytest.warns(TfaccelWarning, match=r"2 layers join their channels .*'a', 'b'.*"
+                      r"name them in `layers`.*; 1 layer reaches .*'head'"):
+        assert _wrappers(prune_channels(model)) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # something was pruned: no warning
+        assert len(_wrappers(prune_channels(model, layers=["a", "b"]))) == 2
 
 
 def test_sequential_model_is_supported():

@@ -45,7 +45,8 @@ class LayerParity:
         alone_differ: share of the outputs that differ when the Keras layer
             is given the file's own inputs of it (not the Keras model's):
             the layer's own error, without what earlier layers passed on.
-            None when the file has no int8 tensor for one of its inputs.
+            None when an input cannot be traced back to the file's tensors
+            (see `compare_layers`).
         alone_max_steps: the largest difference then, in steps (or None).
     """
 
@@ -86,8 +87,11 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
     the layer's output shape), and compares the file's integers with the
     Keras layer outputs quantized to the same scale and zero point: end to
     end (`off_by_one`, `off_by_more`), and with the layer alone on the
-    file's own inputs (`alone_differ`), where every input of the layer is
-    another compared layer's tensor.
+    file's own inputs (`alone_differ`): each input is a compared layer's
+    tensor, or made from such tensors by layers without weights (padding,
+    pooling, reshapes), which Keras computes. A layer whose only consumer
+    is an `ActivationQuantizer` is compared after it, as the QAT model
+    carries its value on.
 
     Example:
 
@@ -165,6 +169,7 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
         (carried[n] or layers[n]).output for n in names])
     outputs = probe.predict(x, verbose=0, batch_size=len(x))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+
     def steps(name, value):
         index = found[name][2]
         tensor = interpreter._get_tensor_details(index, 0)  # noqa: SLF001
@@ -217,8 +222,9 @@ def _alone(layer, found: dict, file_value, depth: int = 0) -> np.ndarray | None:
     An input that no compared tensor holds but that a layer without weights
     (or an `ActivationQuantizer`) makes from them (a ZeroPadding2D the
     converter folded into the next convolution, a Reshape, a Dropout) is
-    computed by that layer on the file's tensors in turn. None when the layer is called more than once,
-    or an input cannot be traced back that way (a model input, a float op).
+    computed by that layer on the file's tensors in turn. None when the
+    layer is called more than once, or an input cannot be traced back that
+    way (a model input, a float op).
     """
     import keras
 
@@ -249,4 +255,6 @@ def _alone(layer, found: dict, file_value, depth: int = 0) -> np.ndarray | None:
         lambda v: values[id(v)] if isinstance(v, keras.KerasTensor) else v,
         (node.arguments.args, node.arguments.kwargs),
     )
-    return np.asarray(layer(*args, **{**kwargs, "training": False}))
+    if isinstance(layer, keras.layers.Layer):
+        kwargs = {**kwargs, "training": False}
+    return np.asarray(layer(*args, **kwargs))  # a `keras.ops` call: no `training`

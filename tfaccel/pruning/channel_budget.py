@@ -8,12 +8,14 @@ fraction as `ConstantSparsity`, or its share of a global budget.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
+from tfaccel._warnings import TfaccelWarning
 from tfaccel.graph import Selector, all_layers
 from tfaccel.pruning.channel_graph import ChannelGraph, is_prunable
 from tfaccel.schedules import (
@@ -123,7 +125,7 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
                 "does not reach into nested models (prune the nested model "
                 f"itself). Received: layers={pick.spec!r}"
             )
-    chosen = []
+    chosen, grouped, blocked = [], [], []
     for layer in graph.layers():
         selected = pick(layer)
         if not pick.empty and not selected:
@@ -144,7 +146,44 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
                 + "; ".join(reasons)
             )
         others, pinned = analysis.group_members(layer) if not reasons else ((), False)
-        if reasons or (not selected and (others or pinned)):
+        if reasons:
+            blocked.append((layer.name, reasons[0]))
+            continue
+        if not selected and (others or pinned):
+            grouped.append(layer.name)
             continue
         chosen.append(layer)
+    if not chosen and (grouped or blocked):
+        _warn_nothing_chosen(grouped, blocked)
     return chosen
+
+
+def _count(items: list, one: str, many: str) -> str:
+    return f"1 layer {one}" if len(items) == 1 else f"{len(items)} layers {many}"
+
+
+def _warn_nothing_chosen(grouped: list[str], blocked: list[tuple[str, str]]) -> None:
+    """No layer was wrapped although the model has prunable ones: say why."""
+
+    def some(names):
+        return ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+
+    parts = []
+    if grouped:
+        parts.append(
+            f"{_count(grouped, 'joins', 'join')} their channels with another layer's in an "
+            f"elementwise merge ({some(grouped)}): name them in `layers` to "
+            "prune such groups together"
+        )
+    if blocked:
+        name, reason = blocked[0]
+        parts.append(
+            f"{_count(blocked, 'reaches', 'reach')} a layer or output that cannot be shrunk "
+            f"({some([n for n, _ in blocked])}; {name!r}: {reason}; naming a "
+            "layer in `layers` raises with all its reasons)"
+        )
+    warnings.warn(
+        "Channel pruning left every layer dense: " + "; ".join(parts) + ".",
+        TfaccelWarning,
+        stacklevel=4,
+    )

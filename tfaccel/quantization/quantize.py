@@ -32,8 +32,27 @@ from tfaccel.quantization.registry import (
 
 __all__ = ["calibrate", "is_quantized", "quantize"]
 
-# Keras layers whose TFLite op takes a fused ReLU/ReLU6 (ADD, SUB, MUL).
+# Keras layers whose TFLite op takes a fused ReLU/ReLU6 (ADD, SUB, MUL), and
+# the same `keras.ops` calls between layers (`x + y`), by class name.
 _FUSES_RELU = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+_FUSES_RELU_OPS = ("Add", "Subtract", "Multiply")
+# `keras.ops.relu` / `relu6` between layers, fused like a ReLU layer.
+_RELU_OPS = {"Relu": "relu", "Relu6": "relu6"}
+
+
+def _fuses_relu(op) -> bool:
+    if isinstance(op, keras.layers.Layer):
+        return isinstance(op, _FUSES_RELU)
+    return type(op).__name__ in _FUSES_RELU_OPS
+
+
+def _fused_relu(node) -> str | None:
+    """`"relu"`/`"relu6"` if `node` (a layer or `keras.ops` call) can be fused."""
+    if node.is_layer:
+        return fusable_activation(node.operation)
+    if node.is_model:
+        return None
+    return _RELU_OPS.get(type(node.operation).__name__)
 _KERNEL_KINDS = ("per_channel", "depthwise", "per_tensor", "transpose", *LOWERINGS)
 _QAT_LAYERS = (
     ActivationQuantizer,
@@ -102,7 +121,7 @@ class _Planner:
             self.kinds[id(op)] = kind
             if kind in _KERNEL_KINDS or kind == "affine":
                 self._plan_fusion(node, source, absorbs_bn=kind != "affine")
-            elif kind == "output" and isinstance(op, _FUSES_RELU):
+            elif kind == "output" and _fuses_relu(op):
                 self._plan_output_relu(node, source)
 
     def _plan_output_relu(self, node, source) -> None:
@@ -110,7 +129,7 @@ class _Planner:
         fused activation, with one output range: fold the activation layer
         into the op's quantizer (no second rounding, one op fewer)."""
         user = self._follower(node, source)
-        act = None if user is None or not user.is_layer else fusable_activation(user.operation)
+        act = None if user is None else _fused_relu(user)
         if act is not None:
             self.fused.add(id(user.operation))
             self.kinds.pop(id(user.operation), None)
@@ -204,7 +223,7 @@ class _Rewrite:
             return Replacement(new, after=[quantizer], weights=[(op, new)])
         else:
             new = op  # a `keras.ops` call: stateless
-        return Replacement(new, after=[self.quantizer(op.name)])
+        return Replacement(new, after=[self.quantizer(op.name, self.planner.output_relu.get(id(op)))])
 
     def kernel(self, layer, kind) -> Replacement:
         bn, act, own = self.planner.followers[id(layer)]
