@@ -53,6 +53,8 @@ def _fused_relu(node) -> str | None:
     if node.is_model:
         return None
     return _RELU_OPS.get(type(node.operation).__name__)
+
+
 _KERNEL_KINDS = ("per_channel", "depthwise", "per_tensor", "transpose", *LOWERINGS)
 _QAT_LAYERS = (
     ActivationQuantizer,
@@ -223,7 +225,8 @@ class _Rewrite:
             return Replacement(new, after=[quantizer], weights=[(op, new)])
         else:
             new = op  # a `keras.ops` call: stateless
-        return Replacement(new, after=[self.quantizer(op.name, self.planner.output_relu.get(id(op)))])
+        relu = self.planner.output_relu.get(id(op))
+        return Replacement(new, after=[self.quantizer(op.name, relu)])
 
     def kernel(self, layer, kind) -> Replacement:
         bn, act, own = self.planner.followers[id(layer)]
