@@ -301,3 +301,28 @@ def test_wrapper_inside_nested_model():
     nested = plain.get_layer("inner").layers
     assert not any(isinstance(layer, PruneChannels) for layer in nested)
     _assert_same(model, plain, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_separable_conv_drops_the_input_channels_it_reads(digits, padding):
+    # NASNet and Xception feed their convolutions' channels into separable
+    # convolutions: the depthwise filters of a removed channel and the
+    # pointwise rows they feed (channel c, multiplier m: row c * M + m) go.
+    x = digits[0][:64]
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.SeparableConv2D(6, 3, padding=padding, depth_multiplier=2,
+                                     name="sep")(h)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, outputs)
+    pruned = prune_channels(model, schedule=0.5)
+    assert [w.layer.name for w in _wrappers(pruned)] == ["conv"]
+    _mask_now(pruned, x)
+    _randomize_norms(pruned)
+    small = shrink(pruned)
+    sep = small.get_layer("sep")
+    assert tuple(sep.depthwise_kernel.shape) == (3, 3, 4, 2)
+    assert tuple(sep.pointwise_kernel.shape) == (1, 1, 8, 6)
+    _assert_same(pruned, small, x)

@@ -1,8 +1,9 @@
 """Which output channels flow where: the channel groups of a model graph.
 
 Channel pruning may remove output channel `c` of a Conv/Dense layer only if
-every op that reads it can drop it too: a consumer Conv/Dense loses input
-channel `c`, a channel-wise op (BatchNormalization, an activation, pooling,
+every op that reads it can drop it too: a consumer Conv/Dense (or
+SeparableConv2D: its depthwise filters and pointwise rows of `c`) loses
+input channel `c`, a channel-wise op (BatchNormalization, an activation, pooling,
 `x + 3.0`, `x * (1 / 6)`, `keras.ops.sigmoid`) keeps it apart from the
 others, an elementwise merge of two tensors (`Add`, `x * gate`) joins it
 with channel `c` of the other input into one *group* that is removed
@@ -25,7 +26,7 @@ import numpy as np
 
 from tfaccel.graph import OUTPUT, Graph, Node, read
 
-__all__ = ["ChannelGraph", "UNPRUNABLE", "is_prunable"]
+__all__ = ["ChannelGraph", "SEPARABLE", "UNPRUNABLE", "is_prunable"]
 
 UNPRUNABLE = -1  # label of a channel no producer owns
 
@@ -36,6 +37,9 @@ PRUNABLE = (
     keras.layers.Dense,
 )
 DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+# Consumers that read every input channel into new output channels, as a
+# Conv/Dense does, without producing prunable channels themselves.
+SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 
 # Layers that act on each channel separately (labels pass through unchanged).
 _CHANNELWISE = (
@@ -277,6 +281,11 @@ class ChannelGraph:
             return in_labels[0], None
         return None, "has depth_multiplier != 1"
 
+    def _separable(self, node: Node, in_labels):
+        if len(node.inputs) == 1 and channels_last(node.operation):
+            return None, None  # a consumer: slices its input channels
+        return None, "is channels_first or has several inputs"
+
     def _flatten(self, node: Node, in_labels):
         spatial = node.inputs[0].shape[1:-1]
         if all(d is not None for d in spatial) and channels_last(node.operation):
@@ -374,6 +383,7 @@ class ChannelGraph:
 _LAYER_RULES = (
     (_CHANNELWISE, ChannelGraph._channelwise),
     (DEPTHWISE, ChannelGraph._depthwise),
+    (SEPARABLE, ChannelGraph._separable),
     ((keras.layers.Flatten,), ChannelGraph._flatten),
     (_MERGE_LAYERS, ChannelGraph._merge),
     ((keras.layers.Concatenate,), ChannelGraph._concatenate),

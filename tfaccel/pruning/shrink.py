@@ -4,7 +4,8 @@
 matching BatchNormalization statistics, the depthwise filters that carry
 them, and the matching input channels of every consumer (Conv, Dense, Dense
 after a channels-last `Flatten` where feature `position * C + channel` goes,
-Dense after global pooling). Channels joined by an elementwise merge (`Add`,
+Dense after global pooling, a SeparableConv2D's depthwise filters and the
+pointwise rows they feed). Channels joined by an elementwise merge (`Add`,
 `x * gate`) form a group: the group is removed only when every producer
 masks it (the union of kept channels is kept); members that masked a kept
 channel get that filter zeroed so outputs do not change. `Concatenate`
@@ -18,8 +19,8 @@ constant; `shrink` measures these values (inference mode, one probe batch)
 at every consumer and folds them into the consumer's bias, or into the
 moving mean of a fused BatchNormalization. Where a constant cannot be
 folded exactly (it is not uniform, or the consumer is a k>1 'same'-padded
-convolution whose zero padding breaks uniformity) the group is kept and
-zeroed instead.
+convolution whose zero padding breaks uniformity, or a separable
+convolution) the group is kept and zeroed instead.
 
 Both `shrink` and `strip_channels` are plans for `tfaccel.graph.rebuild`;
 the channel groups come from `tfaccel.pruning.channel_graph.ChannelGraph`.
@@ -34,6 +35,7 @@ from keras import ops
 from tfaccel.graph import Replacement, rebuild
 from tfaccel.pruning.channel_graph import (
     DEPTHWISE,
+    SEPARABLE,
     UNPRUNABLE,
     ChannelGraph,
     is_prunable,
@@ -132,6 +134,17 @@ def _sliced_depthwise(layer, keep):
     return new
 
 
+def _sliced_separable(layer, keep):
+    """A SeparableConv without the dropped input channels (bias unchanged)."""
+    new = _built(layer, layer.get_config(), int(keep.sum()))
+    new.depthwise_kernel.assign(_np(layer.depthwise_kernel)[..., keep, :])
+    rows = np.repeat(keep, layer.depth_multiplier)  # input c, multiplier m: c * M + m
+    new.pointwise_kernel.assign(_np(layer.pointwise_kernel)[..., rows, :])
+    if layer.use_bias:
+        new.bias.assign(_np(layer.bias))
+    return new
+
+
 class _Removal:
     """Which channel groups are removed, and the constants consumers absorb."""
 
@@ -173,7 +186,8 @@ class _Removal:
         consumers = []
         for node in self.a.graph.nodes:
             inner = getattr(node.operation, "layer", node.operation)
-            if node.is_layer and is_prunable(inner) and len(node.inputs) == 1:
+            consumes = is_prunable(inner) or isinstance(inner, SEPARABLE)
+            if node.is_layer and consumes and len(node.inputs) == 1:
                 if not self.keep(node.inputs[0]).all():
                     consumers.append((node, inner))
         if not consumers:
@@ -202,7 +216,8 @@ class _Removal:
                 bad = spread > _TOLERANCE * (1.0 + np.abs(const))
                 nonzero = np.abs(const) > _TOLERANCE
                 foldable = isinstance(inner, keras.layers.Dense) or (
-                    inner.padding == "valid" or all(k == 1 for k in inner.kernel_size)
+                    not isinstance(inner, SEPARABLE)
+                    and (inner.padding == "valid" or all(k == 1 for k in inner.kernel_size))
                 )
                 bad = bad | (nonzero & (not foldable))
                 if bad.any():
@@ -244,6 +259,8 @@ class _Removal:
             return sliced_norm(operation, keep)
         if isinstance(operation, DEPTHWISE):
             return _sliced_depthwise(operation, keep)
+        if isinstance(operation, SEPARABLE):
+            return _sliced_separable(operation, keep)
         return None
 
 
