@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from coverage_cells import MAX_MAE_OVER_STD, MIN_AGREEMENT
 from coverage_models import ROWS
+from coverage_tflite import MAX_TOP_CLASS_SHARE
 
 # A float fine-tune under this held-out accuracy did not learn (10 classes).
 UNTRAINED_ACCURACY = 0.2
@@ -129,7 +130,11 @@ def _parity(rows: dict) -> list[str]:
             p = cell.get("parity") or {}
             acc = (s.get("setup") or {}).get("float_test_accuracy")
             agreement = _pct(p.get("agreement"))
-            if acc is not None and acc < UNTRAINED_ACCURACY and p.get("agreement") is not None:
+            share = p.get("top_class_share")
+            if share is not None and share >= MAX_TOP_CLASS_SHARE:
+                # The QAT model collapsed (or never learned): one class.
+                agreement += f" (one class for {share:.0%})"
+            elif acc is not None and acc < UNTRAINED_ACCURACY and p.get("agreement") is not None:
                 agreement += " (no evidence)"
                 untrained.append(f"{name} ({'tfaccel' if side == 'tfaccel' else 'tfmot'}: "
                                  f"float {acc:.1%})")
