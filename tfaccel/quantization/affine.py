@@ -96,10 +96,17 @@ def affine_parts(layer):
     >>> [float(v) for v in affine_parts(layer)]
     [0.0078125, -1.0]
     """
-    quantize_kind(layer)  # registers a lazily known class (LayerScale)
-    for cls in type(layer).__mro__:
-        if cls in _PARTS:
-            return _PARTS[cls](layer)
+    return _parts_rule(layer)(layer)
+
+
+def _parts_rule(layer):
+    """The `_PARTS` function for `layer`'s class; raises if there is none."""
+    for attempt in range(2):
+        for cls in type(layer).__mro__:
+            if cls in _PARTS:
+                return _PARTS[cls]
+        if attempt == 0:
+            quantize_kind(layer)  # registers a lazily known class (LayerScale)
     raise ValueError(
         "`layer` must be a BatchNormalization, Normalization, Rescaling or "
         f"LayerScale layer. Received: layer={type(layer).__name__}"
@@ -160,9 +167,7 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
                 f"`activation` must be one of {_FUSABLE}. Received: activation={activation!r}"
             )
         self.activation = activation
-        quantize_kind(layer)  # registers a lazily known class (LayerScale)
-        if not isinstance(layer, tuple(_PARTS)):
-            affine_parts(layer)  # raises, naming the layers it takes
+        _parts_rule(layer)  # raises, naming the layers it takes
         self.supports_masking = True
         self.ema_decay = float(ema_decay)
         self.has_offset = _has_offset(layer)
