@@ -170,20 +170,22 @@ def compare_layers(model: Any, path: str | os.PathLike, x: np.ndarray) -> list[L
     outputs = probe.predict(x, verbose=0, batch_size=len(x))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
-    def steps(name, value):
+    # Each compared tensor's integers and grid, read once from the file.
+    grids = {}
+    for name in names:
         index = found[name][2]
-        tensor = interpreter._get_tensor_details(index, 0)  # noqa: SLF001
-        scale, zero_point = tensor["quantization"]
-        have = interpreter.get_tensor(index).astype(np.int64)
+        scale, zero_point = interpreter._get_tensor_details(index, 0)["quantization"]  # noqa: SLF001
+        grids[name] = (interpreter.get_tensor(index).astype(np.int64), scale, zero_point)
+
+    def steps(name, value):
+        have, scale, zero_point = grids[name]
         # Not clipped to int8: a Keras value beyond the file's range is a difference.
         keras_q = np.round(np.asarray(value) / scale) + zero_point
         return np.abs(keras_q.astype(np.int64) - have)
 
     def file_value(name):
-        index = found[name][2]
-        scale, zero_point = interpreter._get_tensor_details(index, 0)["quantization"]  # noqa: SLF001
-        return ((interpreter.get_tensor(index).astype(np.float64) - zero_point)
-                * scale).astype(np.float32)
+        have, scale, zero_point = grids[name]
+        return ((have - zero_point) * scale).astype(np.float32)
 
     rows = []
     for name, want in zip(names, outputs):
