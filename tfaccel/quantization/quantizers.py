@@ -221,9 +221,11 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
             (passed strictly inside the nudged range) instead of the op's
             gradient, which also sums the gradients outside the range for
             `low` and `high` (a quarter of the op's cost, on every activation
-            of a train step). It differs from the op's only for inputs exactly
-            on the range's ends (the op passes those) and for an empty range
-            (constant output: nothing passes; the op passes everything).
+            of a train step), from a boolean mask kept instead of `x` (a
+            quarter of its memory until the backward pass). It differs from
+            the op's only for inputs exactly on the range's ends (the op
+            passes those) and for an empty range (constant output: nothing
+            passes; the op passes everything).
 
     Returns:
         `x` clipped to the nudged range and rounded to its 256 levels.
@@ -247,16 +249,17 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
 
     @tf.custom_gradient
     def inside_range(v):
+        # The gradient passes strictly inside the range. Only this boolean
+        # mask (a byte per value) is kept for the backward pass, not `v`
+        # itself: `v` (a convolution's output) is then freed once quantized.
+        # An empty range's output is the constant 0, so nothing passes (the
+        # op passes everything).
+        lo = tf.cast(low, v.dtype)
+        hi = tf.cast(high, v.dtype)
+        inside = tf.logical_and(v > lo, v < hi)
+
         def grad(dy):
-            # 6 * (v - low) / (high - low) lies in (0, 6) exactly when v is
-            # strictly inside the range. An empty range's output is the
-            # constant 0, so nothing passes (the op passes everything).
-            lo, hi = (tf.convert_to_tensor(b, tf.float32) for b in (low, high))
-            width = hi - lo
-            safe = tf.where(width > 0.0, width, tf.ones_like(width))
-            inv = tf.where(width > 0.0, 6.0 / safe, tf.zeros_like(width))
-            features = v * inv if after_relu else (v - lo) * inv
-            return tf.raw_ops.Relu6Grad(gradients=dy, features=features)
+            return tf.where(inside, dy, tf.zeros_like(dy))
 
         return _fake_quant_op(v, low, high), grad
 
