@@ -202,3 +202,26 @@ def test_activity_regularizer_loss_is_kept():
     for pruned in (prune(model, ConstantSparsity(0.0)), prune_channels(model, 0.0)):
         pruned(x, training=True)
         assert [float(loss) for loss in pruned.losses] == pytest.approx([expected])
+
+
+def test_a_traced_step_keeps_the_mask_update_as_one_if_op():
+    # Steps that do not prune must not visit the mask update's ops: the
+    # cond stays one `If` op (not lowered to Switch/Merge), and it still
+    # prunes on the schedule's steps.
+    wrapper = PruneLowMagnitude(keras.layers.Dense(8), ConstantSparsity(0.5, begin_step=2,
+                                                                        frequency=3))
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
+    wrapper.build(x.shape)
+    step = tf.function(lambda v: wrapper(v, training=True))
+    graph = step.get_concrete_function(tf.TensorSpec(x.shape)).graph
+    ifs = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert len(ifs) == 1
+    assert ifs[0].get_attr("_lower_using_switch_merge") is False
+    assert not {"Switch", "Merge"} & {op.type for op in graph.get_operations()}
+    zeros = []
+    for _ in range(6):
+        step(x)
+        zeros.append(int((wrapper.masks[0].numpy() == 0).sum()))
+    # Pruned at steps 2 and 5 only (begin 2, every 3 steps), 64 of 128.
+    assert zeros == [0, 64, 64, 64, 64, 64]
+    assert int(wrapper.pruning_step.numpy()) == 6
