@@ -470,16 +470,20 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", script, *sys.argv[1:]])
 
 
-def emit(result: dict[str, Any], out: str | None) -> None:
-    """Prints `result` as one JSON object and writes it to `out` if given."""
+def emit(result: dict[str, Any], out: str | None, quiet: bool = False) -> None:
+    """Prints `result` as one JSON object (unless `quiet`) and writes it to
+    `out` if given (a temporary file renamed over it: never half-written)."""
     if hasattr(os, "getloadavg"):
         result.setdefault("loadavg_end", [round(v, 2) for v in os.getloadavg()])
     text = json.dumps(result, indent=2, sort_keys=False, default=_jsonable)
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
+        tmp = f"{out}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
             f.write(text + "\n")
-    print(text, flush=True)
+        os.replace(tmp, out)
+    if not quiet:
+        print(text, flush=True)
 
 
 def _jsonable(value):
