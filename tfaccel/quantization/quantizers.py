@@ -217,15 +217,16 @@ def fake_quant_activation(x, low, high, range_gradient: bool = True):
             nudged once, while tracing. Same values as tensors would give.
         high: upper end of the range (widened to contain 0).
         range_gradient: `False` where the range takes no gradient (moving
-            averages, fixed ranges): `x`'s gradient is then one `Relu6Grad`
-            (passed strictly inside the nudged range) instead of the op's
-            gradient, which also sums the gradients outside the range for
-            `low` and `high` (a quarter of the op's cost, on every activation
-            of a train step), from a boolean mask kept instead of `x` (a
-            quarter of its memory until the backward pass). It differs from
-            the op's only for inputs exactly on the range's ends (the op
-            passes those) and for an empty range (constant output: nothing
-            passes; the op passes everything).
+            averages, fixed ranges): `x`'s gradient is then passed
+            strictly inside the nudged range by a boolean mask computed in
+            the forward pass (kept instead of `x`: a quarter of its memory
+            until the backward pass), instead of the op's gradient, which
+            keeps `x` and also sums the gradients outside the range for
+            `low` and `high` (a quarter of the op's cost, on every
+            activation of a train step). It differs from the op's only for
+            inputs exactly on the range's ends (the op passes those) and for
+            an empty range (constant output: nothing passes; the op passes
+            everything).
 
     Returns:
         `x` clipped to the nudged range and rounded to its 256 levels.
