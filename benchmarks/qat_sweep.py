@@ -228,7 +228,9 @@ def render_qat_sweep(d: dict) -> list[str]:
     device = "GPU, mixed_float16" if d.get("gpu_mixed_float16") else "CPU, float32"
     out += [f"Batch {rec.get('batch')}, {device}; time: {rec.get('time')} "
             f"({rec.get('repeats')} rounds x {rec.get('steps')} steps); memory: peak "
-            f"of {rec.get('memory_steps')} steps, a fresh process per variant. "
+            f"of {rec.get('memory_steps')} steps, a fresh process per variant "
+            f"(ratio of peak resident memory to the plain model's). Time cells: "
+            f"ratio (interquartile range of the per-round ratios). "
             f"Command: {cmd}" + (f"; plot: `{d['plot']}`" if d.get("plot") else ""),
             "", "| model | library | " + " | ".join(
                 f"{v} time" for v in VARIANTS[1:]) + " | " + " | ".join(
@@ -237,7 +239,10 @@ def render_qat_sweep(d: dict) -> list[str]:
     for name, libs in models.items():
         for lib, r in libs.items():
             t, m = r.get("time_ratio") or {}, r.get("memory_ratio") or {}
-            cells = [f"{t[v]:.3f}x" if v in t else "n/a" for v in VARIANTS[1:]]
+            iqr = (r.get("time") or {}).get("ratio_iqr") or {}
+            cells = [f"{t[v]:.3f}x" + (f" ({iqr[v][0]:.2f}-{iqr[v][1]:.2f})" if v in iqr
+                                       else "") if v in t else "n/a"
+                     for v in VARIANTS[1:]]
             cells += [f"{m[v]:.3f}x" if v in m else "n/a" for v in VARIANTS[1:]]
             load = (r.get("time") or {}).get("load_average")
             err = (r.get("time") or {}).get("error")
