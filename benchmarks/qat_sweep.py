@@ -322,13 +322,15 @@ def main(argv=None) -> dict:
                                "repeats": args.repeats, "steps": args.steps,
                                "memory_steps": args.memory_steps},
                     "models": {}}
+    result["commands"] = [result["command"]]
     if args.merge and args.out and os.path.exists(args.out):
         with open(args.out) as f:
             previous = json.load(f)
         kept = {m: r for m, r in previous.get("models", {}).items() if m not in models}
         result["models"].update(kept)
-        result["merged"] = {"models": sorted(kept), "commands": previous.get(
-            "commands", [previous.get("command")])}
+        result["merged_models"] = sorted(kept)
+        result["commands"] = [*previous.get("commands", [previous.get("command")]),
+                              result["command"]]
     for name in models:
         per_lib = result["models"].setdefault(name, {})
         for lib in args.libs.split(","):
@@ -351,8 +353,6 @@ def main(argv=None) -> dict:
             if args.out:  # what is measured so far survives an interrupted run
                 common.emit({**result, "partial": True}, args.out, quiet=True)
     result["elapsed_s"] = log.elapsed()
-    result["commands"] = [*(result.get("merged") or {}).get("commands", []),
-                          result["command"]]
     if args.out:
         result["plot"] = os.path.relpath(
             plot(result, os.path.splitext(args.out)[0] + ".png"), common.ROOT)
