@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfaccel.quantization.quantizers import (
+    activation_scale,
     fake_quant_activation,
     fixed_activation_range,
 )
@@ -159,6 +160,14 @@ class ActivationQuantizer(keras.layers.Layer):
         # The range is a moving average (no gradient): the cheaper gradient.
         y = fake_quant_activation(x, new_min, new_max, range_gradient=False)
         return tf.cast(y, inputs.dtype)
+
+    def inference_scale(self):
+        """The scale of this quantizer's int8 tensor at inference (and in the
+        exported file): its nudged range over 255 steps."""
+        if self.fixed_range is not None:
+            return activation_scale(*self.fixed_range)
+        low = 0.0 if self.activation is not None else tf.convert_to_tensor(self.range_min)
+        return activation_scale(low, tf.convert_to_tensor(self.range_max))
 
     def compute_output_shape(self, input_shape):
         return input_shape

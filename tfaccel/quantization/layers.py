@@ -27,6 +27,7 @@ from tfaccel.quantization.clusters import (
     ClusterPreserving,
     kernel_clusters,
 )
+from tfaccel.quantization.quantizers import quantize_bias, weight_scale
 
 __all__ = [
     "ActivationQuantizer",
@@ -76,6 +77,33 @@ def centered_moments(y):
     if sync:
         var = context.all_reduce("mean", var)
     return mean, var
+
+
+def input_quantizer(layer) -> ActivationQuantizer | None:
+    """The quantizer whose int8 tensor `layer` reads in its functional model.
+
+    Follows `layer`'s one inbound node up through layers that keep the
+    scale (padding, pooling, reshapes, dropout: the "passthrough" kind) to
+    an `ActivationQuantizer`, or a layer's `output_quantizer`. None where
+    there is no single such producer: a layer called outside a functional
+    model, or on several inputs, or shared between call sites.
+    """
+    from tfaccel.quantization.registry import quantize_kind
+
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    for _ in range(64):  # a chain of pass-through layers, not a cycle
+        if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
+            return None
+        producer = nodes[0].parent_nodes[0].operation
+        if isinstance(producer, ActivationQuantizer):
+            return producer
+        found = getattr(producer, "output_quantizer", None)
+        if isinstance(found, ActivationQuantizer):
+            return found
+        if isinstance(producer, keras.Model) or quantize_kind(producer) != "passthrough":
+            return None
+        nodes = producer._inbound_nodes
+    return None
 
 
 def update_moving_statistics(bn, mean, var) -> None:
@@ -303,9 +331,6 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         return self._fake_quant(folded, scale)
 
     def call(self, inputs, training=None):
-        with full_precision():
-            folded, folded_bias, scale = self._fold()
-            quantized = self._fake_quant(folded, scale)
         # A frozen BatchNormalization keeps its statistics, as in Keras.
         bn_training = bool(
             training and self.batch_norm is not None and self.batch_norm.trainable
@@ -314,6 +339,13 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         # bias: the convolution runs without one (no bias gradient pass) and
         # `_batch_normalize` adds the folded bias back once frozen.
         batch_fold = bn_training and self._batch_folding
+        with full_precision():
+            folded, folded_bias, scale = self._fold()
+            quantized = self._fake_quant(folded, scale)
+            if folded_bias is not None and (
+                not batch_fold or self.bn_freeze_step is not None
+            ):
+                folded_bias = self._int32_bias(folded_bias, folded, scale)
         bias = None if batch_fold else folded_bias
         mapping = [(self.layer.kernel, quantized)]
         if self.layer.bias is not None:
@@ -331,6 +363,22 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
                 else:
                     self._update_moving_statistics(y, folded_bias, scale)
         return self.output_quantizer(y, training=training)  # ReLU/ReLU6 too
+
+    def _int32_bias(self, bias, folded, scale):
+        """`bias` on the int32 grid of the int8 kernel, `input_scale *
+        weight_scale`, when this layer's input is the output of a quantizer
+        of the same model (see `input_quantizer`); else `bias`."""
+        quantizer = input_quantizer(self)
+        if quantizer is None:
+            return bias
+        if self.preserve_clusters:
+            top = tf.maximum(tf.reduce_max(tf.abs(self.cluster_centroids)), 1e-8)
+            bound = top if self.weight_mode == "per_tensor" or scale is None else (
+                tf.maximum(top * tf.abs(scale), 1e-8))
+            weights = (bound + bound) / 254.0
+        else:
+            weights = weight_scale(folded, self.weight_mode)
+        return quantize_bias(bias, quantizer.inference_scale(), weights)
 
     def _forward(self, inputs):
         """The wrapped layer on `inputs` (its kernel substituted).
