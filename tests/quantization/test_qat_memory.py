@@ -25,3 +25,28 @@ def test_activation_gradient_reads_a_mask_not_the_input():
     # gradient's identity. No backward op reads `x` (it would keep it).
     assert readers <= {"FakeQuantWithMinMaxVars", "Greater", "Less", "IdentityN"}, readers
     assert "Relu6Grad" not in {op.type for op in graph.get_operations()}
+
+
+def test_activation_gradient_is_zero_outside_the_range_even_for_infinite_dy():
+    # The mask multiplies the gradient (no zero tensor filled for a select),
+    # with the select's result: 0 outside the range, whatever dy holds there.
+    x = tf.constant([-3.0, -0.5, 0.0, 1.0, 5.0])
+    dy = tf.constant([float("inf"), 2.0, -3.0, float("nan"), -float("inf")])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fake_quant_activation(x, -1.0, 2.0, range_gradient=False)
+    g = tape.gradient(y, x, output_gradients=dy).numpy()
+    assert g[0] == 0.0 and g[4] == 0.0  # outside: 0, not inf * 0 = nan
+    assert g[1] == 2.0 and g[2] == -3.0  # inside: dy itself
+    assert g[3] != g[3]  # a NaN inside the range still reaches x
+    graph_ops = {
+        op.type
+        for op in tf.function(
+            lambda x, dy: tf.gradients(
+                fake_quant_activation(x, -1.0, 2.0, range_gradient=False), x, dy
+            )
+        )
+        .get_concrete_function(tf.TensorSpec((5,)), tf.TensorSpec((5,)))
+        .graph.get_operations()
+    }
+    assert "MulNoNan" in graph_ops and "SelectV2" not in graph_ops
