@@ -141,12 +141,15 @@ class ClusterPreserving:
         """Fake-quantize the folded kernel; clusters share one int8 grid."""
         if not self.preserve_clusters:
             return fake_quant_weight(folded, self.weight_mode)
+        return _fake_quant_bound(folded, self.weight_mode, self._cluster_bound(scale))
+
+    def _cluster_bound(self, scale):
+        """The int8 bound of a clustered kernel (one, or per channel)."""
         top = tf.reduce_max(tf.abs(self.cluster_centroids))
         if self.weight_mode == "per_tensor":
-            return _fake_quant_bound(folded, self.weight_mode, top)
+            return top
         channels = self.layer.kernel.shape[-1]
         if self.weight_mode == "depthwise":
             channels = channels * self.layer.kernel.shape[-2]
-        bound = tf.fill([channels], top) if scale is None else top * tf.abs(scale)
-        return _fake_quant_bound(folded, self.weight_mode, bound)
+        return tf.fill([channels], top) if scale is None else top * tf.abs(scale)
 

@@ -372,9 +372,7 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         if quantizer is None:
             return bias
         if self.preserve_clusters:
-            top = tf.maximum(tf.reduce_max(tf.abs(self.cluster_centroids)), 1e-8)
-            bound = top if self.weight_mode == "per_tensor" or scale is None else (
-                tf.maximum(top * tf.abs(scale), 1e-8))
+            bound = tf.maximum(self._cluster_bound(scale), 1e-8)  # `_fake_quant_bound`'s
             weights = (bound + bound) / 254.0
         else:
             weights = weight_scale(folded, self.weight_mode)

@@ -119,26 +119,38 @@ register_conversion_context("fake_quant", for_export)
 _WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
 
 
+def _channel_view(weight, mode: str):
+    """`weight` with its output channels on the last axis: a depthwise
+    kernel `(kh, kw, in, multiplier)` has `in * multiplier` of them."""
+    if mode != "depthwise":
+        return weight
+    kh, kw, cin, mult = weight.shape
+    return tf.reshape(weight, [kh, kw, cin * mult])
+
+
+def _bound(view, mode: str):
+    """The int8 bound of `_channel_view(weight, mode)`: one, or per channel."""
+    if mode in ("per_tensor", "transpose"):
+        return _weight_bound(tf.reduce_max(tf.abs(view)))
+    axes = list(range(len(view.shape) - 1))
+    return _weight_bound(tf.reduce_max(tf.abs(view), axis=axes))
+
+
 def _quantize_weight(weight, mode: str, per_channel):
     """The forward of `fake_quant_weight`, per-channel by `per_channel`."""
+    view = _channel_view(weight, mode)
+    bound = _bound(view, mode)
     if mode in ("per_tensor", "transpose"):
         # Conv2DTranspose per tensor: per-channel FakeQuant takes the last
         # axis only, and the converter rejects a transpose around it
         # ("'tfl.transpose' op has mismatched quantized axes");
         # TRANSPOSE_CONV takes per-tensor int8.
-        bound = _weight_bound(tf.reduce_max(tf.abs(weight)))
         return tf.quantization.fake_quant_with_min_max_vars(
             weight, -bound, bound, num_bits=8, narrow_range=True
         )
     if mode == "per_channel":
-        axes = list(range(len(weight.shape) - 1))
-        bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
         return per_channel(weight, bound)
-    shape = tf.shape(weight)  # depthwise
-    kh, kw, cin, mult = weight.shape
-    flat = tf.reshape(weight, [kh, kw, cin * mult])
-    bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
-    return tf.reshape(per_channel(flat, bound), shape)
+    return tf.reshape(per_channel(view, bound), tf.shape(weight))
 
 
 def fake_quant_weight(weight, mode: str):
@@ -285,15 +297,7 @@ def weight_scale(weight, mode: str):
     """The int8 scale (per output channel, or one) of
     `fake_quant_weight(weight, mode)`: `2 * bound / 254`, the step of the
     symmetric narrow range, as the converter derives it."""
-    if mode in ("per_tensor", "transpose"):
-        bound = _weight_bound(tf.reduce_max(tf.abs(weight)))
-    elif mode == "per_channel":
-        axes = list(range(len(weight.shape) - 1))
-        bound = _weight_bound(tf.reduce_max(tf.abs(weight), axis=axes))
-    else:  # depthwise: (kh, kw, in, multiplier), in * multiplier channels
-        kh, kw, cin, mult = weight.shape
-        flat = tf.reshape(weight, [kh, kw, cin * mult])
-        bound = _weight_bound(tf.reduce_max(tf.abs(flat), axis=[0, 1]))
+    bound = _bound(_channel_view(weight, mode), mode)
     return (bound + bound) / 254.0
 
 
