@@ -27,7 +27,7 @@ from tfaccel.quantization.clusters import (
     ClusterPreserving,
     kernel_clusters,
 )
-from tfaccel.quantization.quantizers import quantize_bias, weight_scale
+from tfaccel.quantization.quantizers import quantize_bias
 
 __all__ = [
     "ActivationQuantizer",
@@ -371,12 +371,9 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         quantizer = input_quantizer(self)
         if quantizer is None:
             return bias
-        if self.preserve_clusters:
-            bound = tf.maximum(self._cluster_bound(scale), 1e-8)  # `_fake_quant_bound`'s
-            weights = (bound + bound) / 254.0
-        else:
-            weights = weight_scale(folded, self.weight_mode)
-        return quantize_bias(bias, quantizer.inference_scale(), weights)
+        return quantize_bias(
+            bias, quantizer.inference_scale(), self._weight_scale(folded, scale)
+        )
 
     def _forward(self, inputs):
         """The wrapped layer on `inputs` (its kernel substituted).
