@@ -6,7 +6,6 @@ from unittest import mock
 
 import keras
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 import tfaccel.quantization.layers as qlayers
 from tests.quantization import tflite_utils as tfl
@@ -84,27 +83,11 @@ def test_bias_is_the_files_int32_bias():
         assert off_grid.max() > 0.1
 
 
-def _file_disagreement(qat, x):
-    """Share of output values where the int8 file (default interpreter, as
-    apps run it) and the QAT model differ by a step or more."""
-    want = qat.predict(x, verbose=0)
-    it = Interpreter(model_content=tfl.to_int8_tflite(qat, int8_io=False))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    got = []
-    for row in x:
-        it.set_tensor(inp["index"], row[None])
-        it.invoke()
-        got.append(it.get_tensor(out["index"])[0])
-    step = float(qat.layers[-1].output_quantizer.inference_scale())
-    return float(np.mean(np.abs(np.array(got) - want) > step / 2))
-
-
 def test_int32_bias_brings_the_file_closer_to_the_model():
     x = _data()
-    on_grid = _file_disagreement(quantize(_model(), calibration_data=x), x)
+    on_grid = tfl.file_disagreement(quantize(_model(), calibration_data=x), x)
     with mock.patch.object(qlayers, "input_quantizer", lambda layer: None):
-        float_bias = _file_disagreement(quantize(_model(), calibration_data=x), x)
+        float_bias = tfl.file_disagreement(quantize(_model(), calibration_data=x), x)
     # Measured: 0.07% of values against 0.31% with the float bias.
     assert on_grid <= 0.5 * float_bias
     assert on_grid < 0.002

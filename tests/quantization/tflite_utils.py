@@ -73,3 +73,19 @@ def predict_int8(it, x):
     it.invoke()
     y = it.get_tensor(out["index"]).astype(np.float32)
     return (y - out_zero) * out_scale
+
+
+def file_disagreement(qat, x):
+    """Share of output values where the int8 file (default interpreter, as
+    apps run it) and the QAT model differ by a step or more."""
+    want = qat.predict(x, verbose=0)
+    it = Interpreter(model_content=to_int8_tflite(qat, int8_io=False))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    got = []
+    for row in x:
+        it.set_tensor(inp["index"], row[None])
+        it.invoke()
+        got.append(it.get_tensor(out["index"])[0])
+    step = float(qat.layers[-1].output_quantizer.inference_scale())
+    return float(np.mean(np.abs(np.array(got) - want) > step / 2))

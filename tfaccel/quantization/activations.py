@@ -161,13 +161,18 @@ class ActivationQuantizer(keras.layers.Layer):
         y = fake_quant_activation(x, new_min, new_max, range_gradient=False)
         return tf.cast(y, inputs.dtype)
 
+    def inference_range(self):
+        """`(low, high)`: the range this quantizer rounds to at inference
+        (before the nudge `fake_quant_activation` applies)."""
+        if self.fixed_range is not None:
+            return self.fixed_range
+        low = 0.0 if self.activation is not None else tf.convert_to_tensor(self.range_min)
+        return low, tf.convert_to_tensor(self.range_max)
+
     def inference_scale(self):
         """The scale of this quantizer's int8 tensor at inference (and in the
         exported file): its nudged range over 255 steps."""
-        if self.fixed_range is not None:
-            return activation_scale(*self.fixed_range)
-        low = 0.0 if self.activation is not None else tf.convert_to_tensor(self.range_min)
-        return activation_scale(low, tf.convert_to_tensor(self.range_max))
+        return activation_scale(*self.inference_range())
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -18,6 +18,7 @@ from tfaccel.quantization.layers import (
     QuantizeWrapper,
 )
 from tfaccel.quantization.lowering import LOWERINGS
+from tfaccel.quantization.pooling import AVERAGE_POOLS, SameScaleQuantizer
 from tfaccel.quantization.pruned_plans import (
     carry_pruning,
     carry_state,
@@ -215,6 +216,10 @@ class _Rewrite:
                 name=f"quant_{op.name}",
             )
             return Replacement(wrapper, weights=[(op, new)])
+        if kind == "passthrough" and isinstance(op, AVERAGE_POOLS):
+            # int8 AVERAGE_POOL_2D rounds each mean to its input's grid.
+            after = SameScaleQuantizer(name=f"{op.name}_requant")
+            return Replacement(copy_layer(op), after=[after])
         if kind not in ("output", "skip_to_int8", "activation"):
             return None  # a copy (passthrough, skipped, nested model)
         if node.is_model:

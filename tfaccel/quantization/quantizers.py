@@ -116,6 +116,11 @@ def for_export():
 
 register_conversion_context("fake_quant", for_export)
 
+
+def exporting() -> bool:
+    """Whether the graph being traced is the one handed to the converter."""
+    return _FOR_EXPORT.get()
+
 _WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
 
 
@@ -284,6 +289,41 @@ def _op_range(low, high):
         high = tf.maximum(high, 0.0)
         return 0.0, tf.where(high > 0.0, (high / 255.0) * 255.0, high)
     return _nudged_range(low, high)
+
+
+def round_mean(x, low, high):
+    """Means of int8 values, rounded as TFLite's int8 AVERAGE_POOL_2D
+    rounds them: to the grid of `fake_quant_activation(., low, high)`,
+    halves away from zero of the stored int8 value (zero point included).
+
+    TFLite's reference and XNNPACK kernels both round a tie (a mean of 4 or
+    6 values at an image's corner or edge, exactly between two levels)
+    this way; FakeQuant would round it up. The gradient is the identity.
+
+    Example:
+
+    >>> import numpy as np
+    >>> # [0, 2.55]: steps of 0.01, zero point -128, so the stored values
+    >>> # of these means (-127.5, -125.5, -124.4) are negative.
+    >>> x = np.array([0.005, 0.025, 0.036], "float32")
+    >>> np.asarray(round_mean(x, 0.0, 2.55), "float64").round(4).tolist()
+    [0.0, 0.02, 0.04]
+    """
+    low, high = _op_range(low, high)
+    low = tf.cast(low, tf.float32)
+    scale = (tf.cast(high, tf.float32) - low) / 255.0
+    safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
+
+    @tf.custom_gradient
+    def rounded(v):
+        stored = (v - low) / safe - 128.0
+        # A tie is exact in integers; in float32 it lies within ~1e-5 of
+        # one, and a mean of n values that is not a tie lies 1/(2n) away.
+        level = tf.sign(stored) * tf.floor(tf.abs(stored) + (0.5 + 1e-3))
+        y = (level + 128.0) * safe + low
+        return tf.where(scale > 0.0, y, tf.zeros_like(y)), lambda dy: dy
+
+    return rounded(tf.cast(x, tf.float32))
 
 
 def activation_scale(low, high):
