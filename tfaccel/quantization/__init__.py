@@ -19,6 +19,7 @@ from tfaccel.quantization.layers import (
     QuantizedActivation,
     QuantizeWrapper,
 )
+from tfaccel.quantization.pooling import SameScaleQuantizer
 from tfaccel.quantization.pruned import PrunedQuantizeWrapper
 from tfaccel.quantization.quantize import calibrate, is_quantized, quantize
 from tfaccel.quantization.quantizers import fake_quant_activation, fake_quant_weight
@@ -41,6 +42,7 @@ __all__ = [
     "QuantizedLayerNormalization",
     "QuantizedMultiHeadAttention",
     "QuantizedSublayers",
+    "SameScaleQuantizer",
     "calibrate",
     "fake_quant_activation",
     "fake_quant_weight",

@@ -322,7 +322,8 @@ def quantize(
     (`QuantizeAffineWrapper`); the model inputs and every op with its own
     int8 output scale (layers and operators such as `x + y` or `x * 0.5`
     between layers) get an `ActivationQuantizer`; average pooling keeps its
-    input's scale, as TFLite's int8 AVERAGE_POOL_2D requires; activations
+    input's scale, as TFLite's int8 AVERAGE_POOL_2D requires, and rounds
+    each mean to that scale's grid as the int8 op does; activations
     TFLite runs as separate ops become `QuantizedActivation`s (a softmax or
     sigmoid output keeps its logits for Keras' cross-entropy losses, so a
     1000-class head trains although int8 rounds most probabilities to 0). Train it with
