@@ -131,12 +131,43 @@ class _Planner:
         """TFLite's ADD/SUB/MUL run a following ReLU/ReLU6 as their own
         fused activation, with one output range: fold the activation layer
         into the op's quantizer (no second rounding, one op fewer)."""
-        user = self._follower(node, source)
-        act = None if user is None else _fused_relu(user)
+        act, users = self._relu_followers(node, source, _fused_relu)
         if act is not None:
-            self.fused.add(id(user.operation))
-            self.kinds.pop(id(user.operation), None)
+            self._fuse(user.operation for user in users)
             self.output_relu[id(node.operation)] = act
+
+    def _relu_followers(self, node, source, rule=None):
+        """`(activation, nodes)`: the ReLU/ReLU6 layers the converter fuses
+        into `node`'s op, or `(None, [])`.
+
+        That is its only consumer if that is one, and also several
+        consumers that are all the same ReLU/ReLU6 (NASNet's stem feeds
+        five): the converter merges identical ops on one tensor and then
+        fuses the one ReLU left, so the op's int8 output is the ReLU's and
+        the tensor before it is never rounded.
+        """
+        rule = rule or (lambda user: user.is_layer and fusable_activation(user.operation))
+        users = list({id(user): user for user in source.consumers(node)}.values())
+        if not users or len(source.calls(node.operation)) != 1:
+            return None, []
+        acts = set()
+        for user in users:
+            if (
+                user is OUTPUT
+                or user.is_model
+                or self.skip(user.operation)
+                or len(source.calls(user.operation)) != 1
+            ):
+                return None, []
+            acts.add(rule(user) or None)
+        if len(acts) != 1 or None in acts:
+            return None, []
+        return acts.pop(), users
+
+    def _fuse(self, operations) -> None:
+        for op in operations:
+            self.fused.add(id(op))
+            self.kinds.pop(id(op), None)
 
     def _follower(self, node, source):
         user = source.only_consumer(node)
@@ -146,7 +177,8 @@ class _Planner:
 
     def _plan_fusion(self, node, source, absorbs_bn: bool = True) -> None:
         layer = node.operation
-        bn = act = act_layer = None
+        bn = act = None
+        act_users = []
         own = getattr(layer, "activation", None)
         own = "linear" if own is None else _activation_name(own)
         tail = node
@@ -160,15 +192,11 @@ class _Planner:
                 and not getattr(user.operation, "renorm", False)
             ):
                 bn, tail = user.operation, user
-            user = self._follower(tail, source)
-            if user is not None and user.is_layer and fusable_activation(user.operation):
-                act, act_layer = fusable_activation(user.operation), user.operation
+            act, act_users = self._relu_followers(tail, source)
         elif own in ("relu", "relu6"):
             act = own
-        for follower in (bn, act_layer):
-            if follower is not None:
-                self.fused.add(id(follower))
-                self.kinds.pop(id(follower), None)
+        self._fuse([bn] if bn is not None else [])
+        self._fuse(user.operation for user in act_users)
         self.followers[id(layer)] = (bn, act or "linear", own)
 
 
