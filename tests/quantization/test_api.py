@@ -281,6 +281,7 @@ def test_public_api():
         "QuantizedLayerNormalization",
         "QuantizedMultiHeadAttention",
         "QuantizedSublayers",
+        "SameScaleQuantizer",
         "quantize_sublayers",
         "register_lazy",
         "register_qat_layer",
