@@ -14,6 +14,7 @@ is fused, as the converter fuses it into the ADD.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import keras
@@ -182,6 +183,7 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
             activation=relu_activation(activation),
             name="output_quantizer",
         )
+        self.output_quantizer.owner = weakref.ref(self)
 
     def build(self, input_shape):
         if not self.layer.built:
