@@ -1,23 +1,23 @@
 """Concatenation inputs that the int8 file computes on the output's scale.
 
 TFLite's int8 CONCATENATION needs each input on its output's scale. Where
-an input comes from an op that can write any scale (CONV_2D, ADD, RELU,
-the ADD of a standalone BatchNorm, ...) and nothing else reads it, the
-converter folds the requantization into that op, which then rounds once,
-straight to the concatenation's grid; the op's own range is not used.
-This module models that for the kernels of `QuantizeWrapper` (CONV_2D,
-DEPTHWISE_CONV_2D, FULLY_CONNECTED), the ADD of a
-`QuantizeAffineWrapper` and an `Add` (layer or `x + y`), all measured;
-the int8 RELU requantizes with a rounding of its own that is not modelled
-(about a tenth of its outputs a step apart either way).
-Elsewhere (an input read by other ops too, a pooling or reshape that keeps
-its input's scale, a fixed-scale op such as LOGISTIC, a model input) it
-inserts a requantizing QUANTIZE op, which rounds a second time, as the QAT
-model does. An `ActivationQuantizer` asks `folds_into_concatenation` each
-time it is traced: where it is true, it keeps its range (the converter's
-graph still reads it) but does not round, and the concatenation's
-quantizer rounds once, as the file does. Nothing is stored, so a loaded
-model finds the same answer in its own graph.
+an input comes from an op that can write any scale (CONV_2D, ADD, ...) and
+nothing else reads it, the converter folds the requantization into that
+op, which then rounds once, straight to the concatenation's grid; the
+op's own range is not used. Elsewhere (an input read by other ops too, a
+pooling or reshape that keeps its input's scale, a fixed-scale op such as
+LOGISTIC, a model input) it inserts a requantizing QUANTIZE op, which
+rounds a second time, as the QAT model does.
+
+An `ActivationQuantizer` asks `folds_into_concatenation` each time it is
+traced: where it is true, it keeps its range (the converter's graph still
+reads it) but does not round, and the concatenation's quantizer rounds
+once, as the file does. Nothing is stored, so a loaded model finds the
+same answer in its own graph. Modelled, and measured, for the kernels of
+`QuantizeWrapper` (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, a fused
+ReLU included), the ADD of a `QuantizeAffineWrapper` and an `Add` (layer
+or `x + y`). Not for a standalone RELU: after a TANH, its int8 kernel put
+about a tenth of its outputs a step away from either rounding.
 """
 
 from __future__ import annotations

@@ -29,10 +29,10 @@ class SameScaleQuantizer(keras.layers.Layer):
     (the pooling this layer follows, padding, reshapes). It reads that
     quantizer's range and updates nothing, and rounds as TFLite does
     (`tfaccel.quantization.quantizers.round_mean`: ties away from zero of
-    the stored int8 value); the gradient is the identity. With no such quantizer (a float input, a
-    layer called outside a functional model), and in the graph handed to
-    the converter (which gives the pool its input's scale itself), the
-    input passes unchanged.
+    the stored int8 value); the gradient is the identity. With no such
+    quantizer (a float input, a layer called outside a functional model),
+    and in the graph handed to the converter (which gives the pool its
+    input's scale itself), the input passes unchanged.
 
     Example:
 
