@@ -14,10 +14,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfaccel.quantization.concatenation import folds_into_concatenation
 from tfaccel.quantization.quantizers import (
     activation_scale,
-    exporting,
     fake_quant_activation,
     fixed_activation_range,
 )
@@ -48,10 +46,6 @@ class ActivationQuantizer(keras.layers.Layer):
     batch sets it directly. The range variables use `aggregation="mean"` so
     replicas stay identical under `tf.distribute` and `.keras` files and
     `BackupAndRestore` keep them.
-
-    Where the int8 file writes this tensor on the scale of the
-    concatenation that reads it (`tfaccel.quantization.concatenation`), the
-    range is still kept, for the converter, but the output is not rounded.
 
     Example:
 
@@ -98,9 +92,6 @@ class ActivationQuantizer(keras.layers.Layer):
         self.fixed_range = (
             None if fixed_range is None else tuple(map(float, fixed_range))
         )
-        # The layer whose output this quantizer ends: a weak reference set
-        # by the wrapper that holds it; None for a quantizer in the graph.
-        self.owner = None
         # Set by `calibrate`; a Python flag read when the call is traced.
         self.calibrating = False
 
@@ -141,8 +132,6 @@ class ActivationQuantizer(keras.layers.Layer):
             seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
         if not (training or self.calibrating):
             x = _activate(x, relu)
-            if self._skips_rounding():
-                return tf.cast(x, inputs.dtype)
             return tf.cast(fake_quant_activation(x, old_min, old_max), inputs.dtype)
         batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
         if relu == "relu6":
@@ -168,17 +157,9 @@ class ActivationQuantizer(keras.layers.Layer):
                 # rounding: keep it there exactly.
                 new_max = tf.minimum(new_max, 6.0)
         self.range_max.assign(new_max)
-        if self._skips_rounding():
-            return tf.cast(_activate(x, relu), inputs.dtype)
         # The range is a moving average (no gradient): the cheaper gradient.
         y = fake_quant_activation(x, new_min, new_max, range_gradient=False)
         return tf.cast(y, inputs.dtype)
-
-    def _skips_rounding(self) -> bool:
-        """Whether the file rounds this tensor on a concatenation's scale
-        instead (never in the graph handed to the converter)."""
-        owner = self if self.owner is None else self.owner()
-        return owner is not None and not exporting() and folds_into_concatenation(owner)
 
     def inference_range(self):
         """`(low, high)`: the range this quantizer rounds to at inference

@@ -14,7 +14,6 @@ is fused, as the converter fuses it into the ADD.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import keras
@@ -183,7 +182,6 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
             activation=relu_activation(activation),
             name="output_quantizer",
         )
-        self.output_quantizer.owner = weakref.ref(self)
 
     def build(self, input_shape):
         if not self.layer.built:

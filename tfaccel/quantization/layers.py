@@ -9,7 +9,6 @@ activation that TFLite runs as a separate int8 op) live in
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import keras
@@ -262,7 +261,6 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
             activation=relu_activation(activation),
             name="output_quantizer",
         )
-        self.output_quantizer.owner = weakref.ref(self)
 
     def build(self, input_shape):
         if not self.layer.built:
