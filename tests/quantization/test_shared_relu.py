@@ -31,23 +31,22 @@ def _conv_model(relu=_relu):
     return keras.Model(inputs, _branches(x, relu))
 
 
-def _standalone_bn_model(relu=_relu):
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Add()([
+def _two_convs_added(inputs):
+    return keras.layers.Add()([
         keras.layers.Conv2D(8, 1, name="a")(inputs),
         keras.layers.Conv2D(8, 3, padding="same", name="b")(inputs),
     ])
-    x = keras.layers.BatchNormalization(name="bn")(x)  # int8 MUL, ADD
+
+
+def _standalone_bn_model(relu=_relu):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(name="bn")(_two_convs_added(inputs))  # MUL, ADD
     return keras.Model(inputs, _branches(x, relu))
 
 
 def _add_model(relu=_relu):
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Add()([
-        keras.layers.Conv2D(8, 1, name="a")(inputs),
-        keras.layers.Conv2D(8, 3, padding="same", name="b")(inputs),
-    ])
-    return keras.Model(inputs, _branches(x, relu))
+    return keras.Model(inputs, _branches(_two_convs_added(inputs), relu))
 
 
 def _data():

@@ -121,6 +121,7 @@ def exporting() -> bool:
     """Whether the graph being traced is the one handed to the converter."""
     return _FOR_EXPORT.get()
 
+
 _WEIGHT_MODES = ("per_tensor", "per_channel", "depthwise", "transpose")
 
 
