@@ -63,15 +63,23 @@ def _runner(path: str):
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=path)
+    # Each invocation starts from zeroed variable tensors: a fused LSTM keeps
+    # its final state in them between invocations (one sample = one sequence).
+    interp.allocate_tensors()
     if interp.get_signature_list():
         runner = interp.get_signature_runner()
+
+        def invoke_signature(feed):
+            interp.reset_all_variables()
+            return runner(**feed)
+
         return (runner.get_input_details(), runner.get_output_details(),
-                lambda feed: runner(**feed))
-    interp.allocate_tensors()
+                invoke_signature)
     ins = {d["name"]: d for d in interp.get_input_details()}
     outs = {d["name"]: d for d in interp.get_output_details()}
 
     def invoke(feed):
+        interp.reset_all_variables()
         for name, value in feed.items():
             interp.set_tensor(ins[name]["index"], value)
         interp.invoke()

@@ -169,6 +169,26 @@ def test_pruned_model_file_loads_and_exports_stripped(digits, tmp_path, capsys):
     assert report["sparsity"] == pytest.approx(0.5, abs=0.02)
 
 
+def test_lstm_exports_fused_by_default_and_unrolled_on_request(tmp_path, capsys):
+    from tests.recurrent_models import digit_tokens, text_classifier
+
+    keras.utils.set_random_seed(0)
+    text_classifier().save(tmp_path / "lstm.keras")
+    np.save(tmp_path / "tokens.npy", digit_tokens()[2][:20])
+    ops = {}
+    for flag in ([], ["--unroll-lstm"]):
+        code, _, err = run(
+            capsys, "export", tmp_path / "lstm.keras", "-o", tmp_path / "lstm.tflite",
+            "--verification", tmp_path / "tokens.npy", "--report", tmp_path / "r.json",
+            *flag,
+        )
+        assert code == 0, err
+        ops[bool(flag)] = json.loads((tmp_path / "r.json").read_text())["ops"]
+    assert ops[False]["UNIDIRECTIONAL_SEQUENCE_LSTM"] == {"float32": 1}
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops[True]
+    assert ops[True]["FULLY_CONNECTED"] == {"float32": 17}  # 8 steps x 2 + logits
+
+
 def test_lambda_model_is_refused_and_never_executed(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     # A Python lambda is stored as bytecode in the .keras file: loading it

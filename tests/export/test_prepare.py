@@ -49,7 +49,24 @@ def test_the_feature_steps_register_on_import_in_a_fresh_process():
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert "'distiller', 'float32', 'strip_pruning'" in out
+    assert "'distiller', 'float32', 'fuse_lstm', 'strip_pruning', 'unroll_recurrent'" in out
+
+
+def test_a_step_with_an_option_is_skipped_when_the_option_is_false():
+    seen = []
+    prepare.register_export_step(
+        "optional_probe", lambda m: True, lambda m, notes: seen.append(1) or m,
+        order=98, option="probe_option",
+    )
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        prepare.prepare_for_export(model, [], {"probe_option": False})
+        assert seen == []
+        prepare.prepare_for_export(model, [])  # options default to on
+        prepare.prepare_for_export(model, [], {"probe_option": True})
+        assert seen == [1, 1]
+    finally:
+        del prepare._STEPS["optional_probe"]
 
 
 def test_prepare_leaves_a_plain_model_alone():

@@ -97,6 +97,10 @@ def add_parser(sub: Any, formatter: type, wrap: Any, epilog: str) -> None:
     add("--plot", metavar="sizes.png",
         help="write a PNG bar chart of the Keras weight size, file "
              "size and gzip size (needs matplotlib)")
+    add("--unroll-lstm", action="store_true",
+        help="unroll each LSTM over its timesteps (any batch size, no state "
+             "kept between invocations) instead of TFLite's fused "
+             "UNIDIRECTIONAL_SEQUENCE_LSTM (batch size 1)")
     add("--max-samples", type=int, default=500, metavar="N",
         help="most samples used to calibrate and to verify (default: %(default)s)")
     add("--no-progress", action="store_true",
@@ -145,7 +149,8 @@ def _check_modes(args: argparse.Namespace, qat: bool, has_calibration: bool) -> 
 
 def _export_kwargs(args: argparse.Namespace, calibration, verification) -> dict:
     kwargs: dict[str, Any] = {"quantization": args.quantization,
-                              "max_samples": args.max_samples}
+                              "max_samples": args.max_samples,
+                              "fuse_lstm": not args.unroll_lstm}
     if calibration is not None:
         kwargs["representative_data"] = calibration
     if verification is not None:

@@ -5,7 +5,7 @@ file against the Keras model, writes it atomically and returns an
 `ExportReport`; `inspect_tflite` reports on any existing `.tflite` file.
 """
 
-from tfaccel.export import recurrent  # noqa: F401  (registers its export step)
+from tfaccel.export import fused_lstm, recurrent  # noqa: F401  (register export steps)
 from tfaccel.export.inspect import inspect_tflite
 from tfaccel.export.latency import benchmark_tflite
 from tfaccel.export.layer_parity import LayerParity, compare_layers

@@ -13,6 +13,10 @@ Registered steps (by `order`):
   are stripped.
 - 20 `"float32"` (here): a mixed-precision model exports from a float32 twin
   with the same weights.
+- 25 `"fuse_lstm"` (`tfaccel/export/fused_lstm.py`; off with
+  `export_tflite(..., fuse_lstm=False)`): each LSTM (also inside
+  `Bidirectional`) that TFLite's fused `UNIDIRECTIONAL_SEQUENCE_LSTM` can
+  run becomes one such op, and the file's batch size 1.
 - 30 `"unroll_recurrent"` (`tfaccel/export/recurrent.py`): LSTM, GRU and
   SimpleRNN loops (also inside `Bidirectional`) are unrolled over their
   fixed number of timesteps, which TFLite's builtin ops (int8 included)
@@ -52,6 +56,7 @@ class _Step:
     applies: Callable
     apply: Callable
     order: int
+    option: str | None = None
 
 
 _STEPS: dict[str, _Step] = {}
@@ -63,6 +68,7 @@ def register_export_step(
     applies: Callable,
     apply: Callable,
     order: int = 50,
+    option: str | None = None,
 ) -> None:
     """Register a step that prepares a model for TFLite export.
 
@@ -83,21 +89,28 @@ def register_export_step(
         apply: `fn(model, notes) -> model`: the model to export; appends
             what it did to `notes` (a list of str shown in the report).
         order: steps run by increasing `order` (ties: registration order).
+        option: the name of an `export_tflite` keyword that switches the
+            step off when false (e.g. `"fuse_lstm"`); None: always on.
     """
-    _STEPS[name] = _Step(name, applies, apply, order)
+    _STEPS[name] = _Step(name, applies, apply, order, option)
 
 
-def prepare_for_export(model, notes: list[str]):
+def prepare_for_export(model, notes: list[str], options: dict | None = None):
     """Run every registered step that applies to `model`, in order.
 
     Args:
         model: the model given to `export_tflite`.
         notes: the report's notes; steps append to it.
+        options: `{option: bool}`; a step registered with an `option`
+            runs unless that option is false.
 
     Returns:
         The model to convert.
     """
+    options = options or {}
     for step in sorted(_STEPS.values(), key=lambda s: s.order):
+        if step.option is not None and not options.get(step.option, True):
+            continue
         if step.applies(model):
             model = step.apply(model, notes)
     return model

@@ -11,25 +11,84 @@ import os
 
 import numpy as np
 
-__all__ = ["run_tflite", "signature_runner"]
+__all__ = ["FileRunner", "run_tflite", "signature_runner"]
 
 
 def signature_runner(path: str | os.PathLike):
     """Validate the file at `path` and return its default signature runner.
 
+    The runner invokes the file as it is: a file with a fused LSTM keeps
+    its state between calls (see `FileRunner`, which resets it).
+
     Raises:
         tfaccel.export.validate.InvalidTFLiteError: not a well-formed file.
         ValueError: the file has no signature to run.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    return FileRunner(path).signature
 
-    from tfaccel.export.validate import validate_tflite
 
-    path = os.fspath(path)
-    interpreter = Interpreter(model_content=validate_tflite(path))
-    if not interpreter.get_signature_list():
-        raise ValueError(f"The TFLite file {path!r} has no signature to run.")
-    return interpreter.get_signature_runner()
+class FileRunner:
+    """A validated file's default signature, run on any number of samples.
+
+    Each invocation starts from a reset state: variable tensors (the state
+    a fused LSTM keeps between invocations) are zeroed first, so every
+    chunk of samples is independent. A file whose inputs have a fixed
+    batch size (a fused LSTM's file has 1) is fed chunks of that size, the
+    last one padded by repeating its last sample.
+
+    Example:
+
+    >>> runner = FileRunner("model.tflite")                  # doctest: +SKIP
+    >>> outputs = runner({"input": x}, batch_size=256)       # doctest: +SKIP
+
+    Args:
+        path: the `.tflite` file (validated before the interpreter reads it).
+
+    Raises:
+        tfaccel.export.validate.InvalidTFLiteError: not a well-formed file.
+        ValueError: the file has no signature to run.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from tfaccel.export.validate import validate_tflite
+
+        path = os.fspath(path)
+        self._interpreter = Interpreter(model_content=validate_tflite(path))
+        if not self._interpreter.get_signature_list():
+            raise ValueError(f"The TFLite file {path!r} has no signature to run.")
+        self._interpreter.allocate_tensors()  # reset_all_variables needs them
+        self.signature = self._interpreter.get_signature_runner()
+        self.input_details = self.signature.get_input_details()
+        self.output_details = self.signature.get_output_details()
+        batches = {
+            int(d["shape_signature"][0]) if len(d["shape_signature"]) else -1
+            for d in self.input_details.values()
+        }
+        #: The batch size the file's inputs fix, or None (any).
+        self.fixed_batch = batches.pop() if len(batches) == 1 and -1 not in batches else None
+
+    def __call__(self, feed: dict, batch_size: int = 256) -> dict:
+        """Outputs by signature name, for `feed` (inputs by signature name,
+        already in the file's dtypes), invoked `batch_size` samples at a time
+        (or the file's fixed batch size)."""
+        step = self.fixed_batch or batch_size
+        count = len(next(iter(feed.values())))
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in self.output_details}
+        for start in range(0, count, step):
+            part = {name: x[start : start + step] for name, x in feed.items()}
+            size = len(next(iter(part.values())))
+            if self.fixed_batch and size < step:
+                part = {
+                    name: np.concatenate([x, np.repeat(x[-1:], step - size, axis=0)])
+                    for name, x in part.items()
+                }
+            self._interpreter.reset_all_variables()
+            result = self.signature(**part)
+            for name in chunks:
+                chunks[name].append(result[name][:size])
+        return {name: np.concatenate(c, axis=0) for name, c in chunks.items()}
 
 
 def to_file_dtype(x: np.ndarray, details: dict) -> np.ndarray:
@@ -69,7 +128,9 @@ def run_tflite(path: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     Args:
         path: the `.tflite` file.
         x: a numpy array, batch first.
-        batch_size: how many samples to feed per invocation.
+        batch_size: how many samples to feed per invocation (a file with
+            a fixed batch size, such as one with a fused LSTM, is fed that
+            many). Every invocation starts from a reset state.
 
     Returns:
         The float32 outputs, batch first.
@@ -78,9 +139,8 @@ def run_tflite(path: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         tfaccel.export.validate.InvalidTFLiteError: not a valid TFLite file.
         ValueError: the file has several inputs or outputs, or none to run.
     """
-    runner = signature_runner(path)
-    in_details = runner.get_input_details()
-    out_details = runner.get_output_details()
+    runner = FileRunner(path)
+    in_details, out_details = runner.input_details, runner.output_details
     if len(in_details) != 1 or len(out_details) != 1:
         raise ValueError(
             "`run_tflite` runs single-input, single-output files. Received a "
@@ -88,9 +148,5 @@ def run_tflite(path: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         )
     (in_name, in_d), = in_details.items()
     (out_name, out_d), = out_details.items()
-    x = np.asarray(x)
-    chunks = []
-    for start in range(0, len(x), batch_size):
-        result = runner(**{in_name: to_file_dtype(x[start : start + batch_size], in_d)})
-        chunks.append(from_file_dtype(result[out_name], out_d))
-    return np.concatenate(chunks, axis=0)
+    result = runner({in_name: to_file_dtype(np.asarray(x), in_d)}, batch_size)
+    return from_file_dtype(result[out_name], out_d)

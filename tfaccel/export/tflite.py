@@ -98,6 +98,7 @@ def export_tflite(
     max_samples: int = 500,
     converter_options: Mapping[str, Any] | None = None,
     input_shape: tuple | None = None,
+    fuse_lstm: bool = True,
 ) -> ExportReport:
     """Convert a Keras model to a TFLite file, check it, and report on it.
 
@@ -157,6 +158,15 @@ def export_tflite(
         converter_options: extra `tf.lite.TFLiteConverter` attributes to set.
         input_shape: for a subclassed model, the shape of one input sample
             (without the batch axis), e.g. `(28, 28, 1)`.
+        fuse_lstm: run each LSTM (also in `Bidirectional`) as TFLite's
+            fused `UNIDIRECTIONAL_SEQUENCE_LSTM` op, one op per direction
+            in float and int8. Such a file takes one sequence per
+            invocation (batch size 1) and keeps each LSTM's final state
+            between invocations: reset it before an independent sequence
+            (`Interpreter.reset_all_variables()`; `run_tflite` does). False
+            unrolls every LSTM over its timesteps instead (any batch size,
+            no state kept, ops repeated per timestep). GRU and SimpleRNN
+            are always unrolled. See `tfaccel.export.fused_lstm`.
 
     Returns:
         An `ExportReport` for the written file.
@@ -193,7 +203,11 @@ def export_tflite(
     path = out.path
 
     notes: list[str] = []
-    model = prepare_for_export(model, notes)
+    if not isinstance(fuse_lstm, bool):
+        raise TypeError(
+            f"Argument `fuse_lstm` must be True or False. Received: fuse_lstm={fuse_lstm!r}"
+        )
+    model = prepare_for_export(model, notes, {"fuse_lstm": fuse_lstm})
     if not isinstance(model, keras.Model):
         raise TypeError(
             "Argument `model` must be a keras.Model (or a Distiller with a "

@@ -22,7 +22,7 @@ import numpy as np
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.data import model_input
 from tfaccel.export.report import ExportReport
-from tfaccel.export.run import from_file_dtype, signature_runner, to_file_dtype
+from tfaccel.export.run import FileRunner, from_file_dtype, to_file_dtype
 
 __all__ = ["DEFAULT_MIN_AGREEMENT", "VerificationError", "verify"]
 
@@ -65,23 +65,18 @@ def _tflite_outputs(
     file: str, model, inputs: list[np.ndarray], keys: list[str], batch: int = 256
 ) -> dict:
     """Run the file on `inputs`, outputs dequantized and keyed like `keys`."""
-    runner = signature_runner(file)
-    in_details = runner.get_input_details()
-    out_details = runner.get_output_details()
+    runner = FileRunner(file)
+    in_details, out_details = runner.input_details, runner.output_details
     in_names = [t.name for t in model.inputs]
     if set(in_names) != set(in_details):
         in_names = list(in_details)  # same order as the Keras inputs
     out_names = keys if set(keys) == set(out_details) else list(out_details)
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for start in range(0, len(inputs[0]), batch):
-        feed = {
-            name: to_file_dtype(a[start : start + batch], in_details[name])
-            for name, a in zip(in_names, inputs)
-        }
-        result = runner(**feed)
-        for key, name in zip(keys, out_names):
-            chunks[key].append(from_file_dtype(result[name], out_details[name]))
-    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+    feed = {name: to_file_dtype(a, in_details[name]) for name, a in zip(in_names, inputs)}
+    result = runner(feed, batch)
+    return {
+        key: from_file_dtype(result[name], out_details[name])
+        for key, name in zip(keys, out_names)
+    }
 
 
 def _nonfinite(outputs: dict, side: str) -> list[str]:

@@ -136,7 +136,8 @@ def _tensor_map(mapping: dict) -> Callable[[Any], Any]:
 
 
 class _Rebuilder:
-    def __init__(self, plan: Plan | None):
+    def __init__(self, plan: Plan | None, batch_size: int | None = None):
+        self.batch_size = batch_size
         self.plan = plan
         self.replacements: dict[int, Replacement] = {}
         self.weight_pairs: list[tuple[Any, Any]] = []
@@ -165,7 +166,7 @@ class _Rebuilder:
         self.weight_pairs.append((operation, new))
         return new
 
-    def model(self, model: keras.Model, input_layers=None) -> keras.Model:
+    def model(self, model: keras.Model, input_layers=None, top=False) -> keras.Model:
         graph = read(model)
         if not graph.built and input_layers is not None:
             raise ValueError(
@@ -185,15 +186,15 @@ class _Rebuilder:
                     )
                 return keras.Sequential(layers, name=model.name)
             if layers is not None:
-                new_input = _new_input(model.inputs[0])
+                new_input = _new_input(model.inputs[0], self.batch_size if top else None)
                 return keras.Sequential([new_input, *layers], name=model.name)
-        return self.functional(graph, replaced, input_layers)
+        return self.functional(graph, replaced, input_layers, top)
 
-    def functional(self, graph: Graph, replaced, input_layers) -> keras.Model:
+    def functional(self, graph: Graph, replaced, input_layers, top=False) -> keras.Model:
         mapping: dict[int, Any] = {}
         new_inputs = []
         for tensor in graph.inputs:
-            new_input = _new_input(tensor)
+            new_input = _new_input(tensor, self.batch_size if top else None)
             new_inputs.append(new_input)
             layer = input_layers(tensor) if input_layers is not None else None
             mapping[id(tensor)] = layer(new_input) if layer is not None else new_input
@@ -219,10 +220,14 @@ class _Rebuilder:
         )
 
 
-def _new_input(tensor) -> keras.KerasTensor:
+def _new_input(tensor, batch_size: int | None = None) -> keras.KerasTensor:
     """A new model input like `tensor`, with its name (as `clone_model` does:
-    the exported file's input names stay the same)."""
-    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name)
+    the exported file's input names stay the same), and `batch_size` if
+    given."""
+    shape = tuple(tensor.shape)
+    if batch_size is not None:
+        shape = (batch_size, *shape[1:])
+    return keras.Input(batch_shape=shape, dtype=tensor.dtype, name=tensor.name)
 
 
 def _sequential_layers(replaced: list[Replacement]) -> list | None:
@@ -243,6 +248,7 @@ def rebuild(
     plan: Plan | None = None,
     *,
     input_layers: Callable[[Any], Any] | None = None,
+    batch_size: int | None = None,
 ) -> keras.Model:
     """A new model computing `model`'s graph with each node replaced by `plan`.
 
@@ -269,12 +275,14 @@ def rebuild(
         plan: `plan(node, graph) -> Replacement | layer | None`.
         input_layers: optional `fn(input_tensor) -> layer | None`; the layer
             is applied to that model input (top level only).
+        batch_size: optional fixed batch size of the new model's inputs
+            (top level only; nested models take what they are called on).
 
     Returns:
         A new Keras model; `model` is left unchanged.
     """
-    builder = _Rebuilder(plan)
-    new_model = builder.model(model, input_layers)
+    builder = _Rebuilder(plan, batch_size)
+    new_model = builder.model(model, input_layers, top=True)
     for source, target in builder.weight_pairs:
         copy_weights(source, target)
     return new_model
