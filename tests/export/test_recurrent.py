@@ -12,7 +12,7 @@ from tests.recurrent_models import (
     train,
 )
 from tfaccel.export import export_tflite, run_tflite
-from tfaccel.export.fused_lstm import FusedLSTM, fuse_lstm
+from tfaccel.export.fused_lstm import FusedLSTM, fuse_lstm, without_cell_clip
 from tfaccel.export.run import FileRunner
 
 L = keras.layers
@@ -183,3 +183,22 @@ def test_the_text_classifier_fuses_a_single_lstm(tokens, tmp_path):
     report = export_tflite(model, tmp_path / "m.tflite", verify=False)
     assert report.ops["UNIDIRECTIONAL_SEQUENCE_LSTM"] == {"float32": 1}
     assert "REVERSE_V2" not in report.ops
+
+
+def test_the_file_does_not_clip_the_cell_state_as_keras_does_not(tmp_path):
+    # One unit whose cell state counts +1 per step for 20 steps, then -1 for
+    # 15: 20 - 15 = 5 in Keras; the converter's default cell clip of 10
+    # would end it at 10 - 15 = -5, and the output at tanh(-5).
+    inputs = keras.Input((35, 1))
+    lstm = L.LSTM(1, name="counter")
+    model = keras.Model(inputs, lstm(inputs))
+    kernel = np.array([[0.0, 0.0, 10.0, 0.0]], "float32")  # candidate = tanh(10 x)
+    bias = np.array([20.0, 20.0, 0.0, 20.0], "float32")  # gates i, f, o open
+    lstm.set_weights([kernel, np.zeros((1, 4), "float32"), bias])
+    x = np.concatenate([np.ones((1, 20, 1)), -np.ones((1, 15, 1))], axis=1).astype("float32")
+    want = model.predict(x, verbose=0)
+    assert want[0, 0] > 0.99  # tanh(5)
+    report = export_tflite(model, tmp_path / "m.tflite", verification_data=x)
+    assert report.ops["UNIDIRECTIONAL_SEQUENCE_LSTM"] == {"float32": 1}
+    np.testing.assert_allclose(run_tflite(report.path, x), want, atol=1e-4)
+    assert without_cell_clip(open(report.path, "rb").read())[1] == 0  # no clip left

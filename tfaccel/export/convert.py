@@ -20,6 +20,7 @@ import numpy as np
 
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.data import check_finite_weights
+from tfaccel.export.fused_lstm import has_fused_lstm, without_cell_clip
 from tfaccel.export.prepare import conversion_contexts
 
 __all__ = ["check_convertible", "convert"]
@@ -141,4 +142,6 @@ def convert(
             f"TFLite conversion failed (quantization={quantization!r}): "
             f"{e}. Nothing was written to {path!r}."
         ) from e
+    if has_fused_lstm(model):
+        data, _ = without_cell_clip(data)  # Keras' LSTM clips nothing
     return data, time.perf_counter() - start
