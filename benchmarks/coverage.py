@@ -101,7 +101,10 @@ class TfaccelRow(cc.RowSide):
                 "warnings": said, "summary": f"{before:,} -> {after:,} params "
                 f"({after / before - 1:+.0%}, {wrapped} layers)"}
         if after >= before:
-            cell["status"] = "partial"
+            # Nothing removed: a limit when tfaccel said which layers and
+            # why (recurrent layers, channels that reach an output), else
+            # silent partial coverage.
+            cell["status"] = "limit" if said else "partial"
         return cell
 
     def keras_roundtrip(self) -> dict:

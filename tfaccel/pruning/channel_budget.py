@@ -125,7 +125,7 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
                 "does not reach into nested models (prune the nested model "
                 f"itself). Received: layers={pick.spec!r}"
             )
-    chosen, grouped, blocked = [], [], []
+    chosen, grouped, blocked, recurrent = [], [], [], []
     for layer in graph.layers():
         selected = pick(layer)
         if not pick.empty and not selected:
@@ -136,7 +136,10 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
                     f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
                     "channel-pruned: only Conv1D/Conv2D/Conv3D/Dense layers "
                     "produce prunable channels."
+                    + (_RECURRENT_HINT if _is_recurrent(layer) else "")
                 )
+            if _is_recurrent(layer):
+                recurrent.append(f"{layer.name!r} ({type(layer).__name__})")
             continue
         reasons = analysis.reasons(layer)
         if reasons and selected:
@@ -153,9 +156,28 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
             grouped.append(layer.name)
             continue
         chosen.append(layer)
+    if recurrent:
+        warnings.warn(
+            f"Channel pruning keeps every unit of the recurrent layers "
+            f"{', '.join(recurrent)}: it removes output channels of "
+            "Conv1D/Conv2D/Conv3D/Dense layers only." + _RECURRENT_HINT,
+            TfaccelWarning,
+            stacklevel=4,
+        )
     if not chosen and (grouped or blocked):
         _warn_nothing_chosen(grouped, blocked)
     return chosen
+
+
+_RECURRENT_HINT = (
+    " Prune a recurrent layer's kernels and recurrent kernels with "
+    "tfaccel.prune(model, structure='unstructured' or '2:4'), or make it "
+    "smaller (fewer `units`) and train again."
+)
+
+
+def _is_recurrent(layer) -> bool:
+    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
 
 
 def _count(items: list, one: str, many: str) -> str:
