@@ -452,13 +452,13 @@ def test_global_budget_gives_each_layer_a_constant_schedule(cnn):
 
 def test_recurrent_layers_kept_whole_are_named_with_what_to_do():
     inputs = keras.Input((8, 32))
-    x = keras.layers.Bidirectional(keras.layers.LSTM(8), name="bilstm")(inputs)
+    x = keras.layers.Bidirectional(keras.layers.GRU(8), name="bigru")(inputs)
     x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
     with pytest.warns(TfaccelWarning, match=r"keeps every unit of the recurrent layers "
-                      r"'bilstm' \(Bidirectional\): .*tfaccel.prune\(model, structure="):
+                      r"'bigru' \(Bidirectional\): .*tfaccel.prune\(model, structure="):
         pruned = prune_channels(model, 0.5)
     assert isinstance(pruned.get_layer("hidden_channels"), PruneChannels)  # the rest prunes
-    with pytest.raises(ValueError, match=r"'bilstm' \(Bidirectional\) cannot be channel-pruned.*"
+    with pytest.raises(ValueError, match=r"'bigru' \(Bidirectional\) cannot be channel-pruned.*"
                        r"Prune a recurrent layer's kernels"):
-        prune_channels(model, 0.5, layers="bilstm")
+        prune_channels(model, 0.5, layers="bigru")

@@ -116,3 +116,76 @@ def test_pruning_callback_prunes_recurrent_kernels_in_place(tokens):
     assert len(keys) == 4  # kernel and recurrent kernel, both directions
     for key in keys:
         assert view[key] == pytest.approx(0.5, abs=0.01), key
+
+
+def _stacked_recurrent(merge_mode="concat"):
+    """Embedding, Bidirectional(LSTM) sequences, LSTM sequences, GRU, Dense."""
+    inputs = keras.Input((8, 8), dtype="int32")
+    x = L.Reshape((8, 32))(L.Embedding(17, 4)(inputs))
+    x = L.Bidirectional(L.LSTM(12, return_sequences=True, dropout=0.1),
+                        merge_mode=merge_mode, name="bi")(x)
+    x = L.LSTM(10, return_sequences=True, name="lstm")(x)
+    x = L.GRU(6, name="gru")(x)
+    return keras.Model(inputs, L.Dense(10, name="logits")(x))
+
+
+def test_lstm_units_are_channel_pruned_and_shrunk_exactly(tokens, tmp_path):
+    from tfaccel.export import export_tflite
+    from tfaccel.pruning.channels import (
+        PruneChannels,
+        channel_fractions,
+        prune_channels,
+    )
+
+    keras.utils.set_random_seed(0)
+    model = _stacked_recurrent()
+    with pytest.warns(TfaccelWarning, match=r"keeps every unit of the recurrent layers 'gru' \(GRU\)"):
+        pruned = prune_channels(model, 0.5)
+    assert isinstance(pruned.get_layer("bi_channels"), PruneChannels)
+    assert isinstance(pruned.get_layer("lstm_channels"), PruneChannels)
+    train(pruned, tokens, epochs=1)
+    assert channel_fractions(pruned) == {"bi_channels": 0.5, "lstm_channels": 0.5}
+    x = tokens[2][:64]
+    # A masked unit's h is exactly zero at every timestep.
+    bi = pruned.get_layer("bi_channels")
+    h = keras.Model(pruned.inputs, bi.output).predict(x, verbose=0)
+    masked = np.asarray(bi.mask) == 0
+    assert masked.sum() == 12 and np.all(h[..., masked] == 0) and np.any(h[..., ~masked] != 0)
+    want = pruned.predict(x, verbose=0)
+    small = strip_pruning(pruned)
+    units = [small.get_layer("bi").forward_layer.units, small.get_layer("bi").backward_layer.units]
+    assert sum(units) == 12 and small.get_layer("lstm").units == 5
+    assert small.get_layer("lstm").cell.kernel.shape == (12, 20)  # its input rows sliced
+    assert small.get_layer("gru").cell.kernel.shape == (5, 18)
+    assert small.count_params() < 0.5 * model.count_params()
+    np.testing.assert_allclose(small.predict(x, verbose=0), want, atol=1e-5)
+    report = export_tflite(small, tmp_path / "m.tflite", verification_data=x)
+    assert report.ops["UNIDIRECTIONAL_SEQUENCE_LSTM"] == {"float32": 3}
+    assert report.max_abs_error < 1e-4
+
+
+def test_a_channel_pruned_lstm_round_trips_through_keras_files(tokens, tmp_path):
+    from tfaccel.pruning.channels import prune_channels
+
+    keras.utils.set_random_seed(0)
+    pruned = train(prune_channels(text_classifier(units=8), 0.25), tokens, epochs=1)
+    pruned.save(tmp_path / "m.keras")
+    back = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(back.get_layer("lstm_channels").mask,
+                                  pruned.get_layer("lstm_channels").mask)
+    x = tokens[2][:32]
+    np.testing.assert_allclose(back.predict(x, verbose=0), pruned.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def test_lstms_whose_units_cannot_be_removed_are_named():
+    from tfaccel.pruning.channels import prune_channels
+
+    model = _stacked_recurrent(merge_mode="sum")
+    with pytest.warns(TfaccelWarning, match=r"'bi' \(Bidirectional\), 'gru' \(GRU\)"):
+        pruned = prune_channels(model, 0.5)
+    assert type(pruned.get_layer("bi")) is L.Bidirectional  # kept whole
+    assert type(pruned.get_layer("lstm_channels")).__name__ == "PruneChannels"
+    with pytest.raises(ValueError, match=r"'bi' \(Bidirectional\) cannot be channel-pruned.*"
+                       r"joined by 'concat'.*Prune a recurrent layer's kernels"):
+        prune_channels(model, 0.5, layers="bi")

@@ -18,6 +18,7 @@ from keras import ops
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.graph import Selector, all_layers
 from tfaccel.pruning.channel_graph import ChannelGraph, is_prunable
+from tfaccel.pruning.recurrent_channels import is_recurrent, unit_scores
 from tfaccel.schedules import (
     ConstantSparsity,
     PruningSchedule,
@@ -81,6 +82,8 @@ def channel_scores(layer, norm, criterion: str):
     """Criterion score of each output channel of `layer` (float32, `(C,)`)."""
     if criterion == "bn_gamma":
         return ops.abs(ops.cast(norm.gamma, "float32"))
+    if is_recurrent(layer):  # an LSTM: per unit, every gate
+        return unit_scores(layer, criterion)
     kernel = ops.cast(layer.kernel, "float32")
     flat = ops.reshape(kernel, (-1, kernel.shape[-1]))
     if criterion == "l1":
@@ -135,6 +138,8 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
                 raise ValueError(
                     f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
                     "channel-pruned: only Conv1D/Conv2D/Conv3D/Dense layers "
+                    "and LSTM layers (with a tanh-like activation, no "
+                    "returned states; in a Bidirectional, joined by 'concat') "
                     "produce prunable channels."
                     + (_RECURRENT_HINT if _is_recurrent(layer) else "")
                 )
@@ -159,8 +164,9 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
     if recurrent:
         warnings.warn(
             f"Channel pruning keeps every unit of the recurrent layers "
-            f"{', '.join(recurrent)}: it removes output channels of "
-            "Conv1D/Conv2D/Conv3D/Dense layers only." + _RECURRENT_HINT,
+            f"{', '.join(recurrent)}: it removes units of LSTM layers (and of "
+            "Bidirectional LSTMs joined by 'concat') only, not of GRU, "
+            "SimpleRNN or other cells." + _RECURRENT_HINT,
             TfaccelWarning,
             stacklevel=4,
         )

@@ -1,9 +1,10 @@
 """Which output channels flow where: the channel groups of a model graph.
 
-Channel pruning may remove output channel `c` of a Conv/Dense layer only if
-every op that reads it can drop it too: a consumer Conv/Dense (or
-SeparableConv2D: its depthwise filters and pointwise rows of `c`) loses
-input channel `c`, a channel-wise op (BatchNormalization, an activation, pooling,
+Channel pruning may remove output channel `c` of a Conv/Dense layer (or
+unit `c` of an LSTM) only if every op that reads it can drop it too: a
+consumer Conv/Dense (or SeparableConv2D: its depthwise filters and
+pointwise rows of `c`; or an LSTM/GRU/SimpleRNN: its kernel's row `c`)
+loses input channel `c`, a channel-wise op (BatchNormalization, an activation, pooling,
 `x + 3.0`, `x * (1 / 6)`, `keras.ops.sigmoid`) keeps it apart from the
 others, an elementwise merge of two tensors (`Add`, `x * gate`) joins it
 with channel `c` of the other input into one *group* that is removed
@@ -25,8 +26,13 @@ import keras
 import numpy as np
 
 from tfaccel.graph import OUTPUT, Graph, Node, read
+from tfaccel.pruning.recurrent_channels import (
+    is_recurrent,
+    is_unit_producer,
+    unit_count,
+)
 
-__all__ = ["ChannelGraph", "SEPARABLE", "UNPRUNABLE", "is_prunable"]
+__all__ = ["ChannelGraph", "SEPARABLE", "UNPRUNABLE", "channel_count", "is_prunable"]
 
 UNPRUNABLE = -1  # label of a channel no producer owns
 
@@ -108,9 +114,20 @@ def is_prunable(layer) -> bool:
     """Whether `layer` produces channels that can be pruned (and sliced).
 
     Exact types: DepthwiseConv2D/SeparableConv/transposed convs are not
-    channel producers here (depthwise channels follow their input).
+    channel producers here (depthwise channels follow their input). An
+    `LSTM` (or `Bidirectional(LSTM)`, concatenated) produces its units
+    (`tfaccel.pruning.recurrent_channels`).
     """
-    return type(layer) in PRUNABLE and getattr(layer, "groups", 1) == 1
+    if type(layer) in PRUNABLE:
+        return getattr(layer, "groups", 1) == 1
+    return is_unit_producer(layer)
+
+
+def channel_count(layer) -> int:
+    """How many output channels a prunable layer has."""
+    if type(layer) in PRUNABLE:
+        return int(layer.kernel.shape[-1])
+    return unit_count(layer)
 
 
 def channels_last(layer) -> bool:
@@ -257,7 +274,7 @@ class ChannelGraph:
             return None, "is channels_first or has several inputs"
         if not self.is_producer(node.operation):
             return None, None  # a consumer: slices its input channels
-        labels = np.array([self.uf.new() for _ in range(inner.kernel.shape[-1])])
+        labels = np.array([self.uf.new() for _ in range(channel_count(inner))])
         for channel, label in enumerate(labels):
             self.owner[int(label)] = (node.operation, channel)
         return labels, None
@@ -285,6 +302,13 @@ class ChannelGraph:
         if len(node.inputs) == 1 and channels_last(node.operation):
             return None, None  # a consumer: slices its input channels
         return None, "is channels_first or has several inputs"
+
+    def _recurrent(self, node: Node, in_labels):
+        if len(node.inputs) != 1:
+            return None, "is called with a mask or initial states"
+        if not is_recurrent(node.operation):
+            return None, "has a recurrent cell tfaccel cannot slice"
+        return None, None  # a consumer: slices its kernel's input rows
 
     def _flatten(self, node: Node, in_labels):
         spatial = node.inputs[0].shape[1:-1]
@@ -384,6 +408,7 @@ _LAYER_RULES = (
     (_CHANNELWISE, ChannelGraph._channelwise),
     (DEPTHWISE, ChannelGraph._depthwise),
     (SEPARABLE, ChannelGraph._separable),
+    ((keras.layers.RNN, keras.layers.Bidirectional), ChannelGraph._recurrent),
     ((keras.layers.Flatten,), ChannelGraph._flatten),
     (_MERGE_LAYERS, ChannelGraph._merge),
     ((keras.layers.Concatenate,), ChannelGraph._concatenate),

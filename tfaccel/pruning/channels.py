@@ -64,7 +64,8 @@ from tfaccel.pruning.channel_budget import (
     global_schedules,
     maps_zero_to_zero,
 )
-from tfaccel.pruning.channel_graph import ChannelGraph, is_prunable
+from tfaccel.pruning.channel_graph import ChannelGraph, channel_count, is_prunable
+from tfaccel.pruning.recurrent_channels import is_unit_producer, masked_mapping
 from tfaccel.pruning.registry import weight_key
 from tfaccel.schedules import PruningSchedule
 
@@ -123,9 +124,17 @@ class PruneChannels(PruningWrapper):
         if not is_prunable(layer):
             raise ValueError(
                 "`layer` must be a Conv1D, Conv2D, Conv3D or Dense layer "
-                f"(groups=1). Received: layer={layer!r}"
+                "(groups=1), or an LSTM (or Bidirectional LSTM joined by "
+                f"'concat') returning no states. Received: layer={layer!r}"
             )
         check_criterion(criterion)
+        self._recurrent = is_unit_producer(layer)
+        if self._recurrent and (norm is not None or criterion == "bn_gamma"):
+            raise ValueError(
+                "An LSTM's units are pruned without a fused BatchNormalization: "
+                "`norm` must be None and `criterion` 'l1' or 'l2'. Received: "
+                f"norm={norm!r}, criterion={criterion!r}"
+            )
         if norm is not None and not isinstance(norm, keras.layers.BatchNormalization):
             raise ValueError(
                 "`norm` must be a BatchNormalization layer or None. "
@@ -136,7 +145,7 @@ class PruneChannels(PruningWrapper):
                 "criterion='bn_gamma' needs a following BatchNormalization "
                 f"with scale=True (`norm`). Received: norm={norm!r}"
             )
-        activation = getattr(layer, "activation", None)
+        activation = None if self._recurrent else getattr(layer, "activation", None)
         if norm is not None and activation not in (None, keras.activations.linear):
             raise ValueError(
                 "A layer fused with a BatchNormalization must have a linear "
@@ -189,7 +198,7 @@ class PruneChannels(PruningWrapper):
 
     @property
     def channels(self) -> int:
-        return int(self.layer.kernel.shape[-1])
+        return channel_count(self.layer)
 
     # -- masks ------------------------------------------------------------
     def scores(self):
@@ -206,7 +215,10 @@ class PruneChannels(PruningWrapper):
         ranks = ops.argsort(order)
         return ops.cast(ops.cast(ranks, "float32") >= count, "float32")
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, **kwargs):
+        # `kwargs`: the `mask=None` a recurrent layer's node carries (a
+        # masked call has two inputs and is never wrapped). Not a named
+        # argument, so Keras does not record a mask for this wrapper.
         if training:
             # The k-th training call (k = 1, 2, ...) evaluates the schedule
             # at step k, as `PruneLowMagnitude` and tfmot do.
@@ -219,12 +231,16 @@ class PruneChannels(PruningWrapper):
             self._step.assign(step)
         else:
             mask = ops.convert_to_tensor(self.mask)
-        variables = [self.layer.kernel]
-        if getattr(self.layer, "use_bias", False):
-            variables.append(self.layer.bias)
-        mapping = [(v, v * ops.cast(mask, v.dtype)) for v in variables]
-        with substitute(mapping, owner=self.layer):
-            outputs = self.layer(inputs)
+        if self._recurrent:
+            # Masked units' candidate gates are zero: their h is exactly 0.
+            mapping = masked_mapping(self.layer, mask)
+        else:
+            variables = [self.layer.kernel]
+            if getattr(self.layer, "use_bias", False):
+                variables.append(self.layer.bias)
+            mapping = [(v, v * ops.cast(mask, v.dtype)) for v in variables]
+        with substitute(mapping, tracked=self.layer.variables, owner=self.layer):
+            outputs = self.layer(inputs, training=training)
         if self.norm is not None:
             outputs = self.norm(outputs, training=training)
             outputs = outputs * ops.cast(mask, outputs.dtype)
@@ -241,6 +257,13 @@ class PruneChannels(PruningWrapper):
         >>> wrapper.sparsity()
         {'d/kernel': 0.5}
         """
+        if self._recurrent:
+            mapping = masked_mapping(self.layer, ops.convert_to_tensor(self.mask))
+            return {  # the kernels and recurrent kernels (2-D), not biases
+                weight_key(self.layer, v): float(np.mean(ops.convert_to_numpy(value) == 0))
+                for v, value in mapping
+                if len(v.shape) == 2
+            }
         kernel = self.layer.kernel
         value = ops.convert_to_numpy(kernel) * ops.convert_to_numpy(self.mask)
         return {weight_key(self.layer, kernel): float(np.mean(value == 0))}
@@ -251,6 +274,10 @@ class PruneChannels(PruningWrapper):
         from tfaccel.pruning.shrink import sliced_layer, sliced_norm
 
         zero = ops.convert_to_numpy(self.mask) == 0
+        if self._recurrent:
+            from tfaccel.pruning.recurrent_channels import sliced_recurrent
+
+            return [sliced_recurrent(self.layer, zero_out=zero)]
         keep = np.ones_like(zero)
         layers = [sliced_layer(self.layer, None, keep, zero_out=zero)[0]]
         if self.norm is not None:

@@ -5,7 +5,9 @@ matching BatchNormalization statistics, the depthwise filters that carry
 them, and the matching input channels of every consumer (Conv, Dense, Dense
 after a channels-last `Flatten` where feature `position * C + channel` goes,
 Dense after global pooling, a SeparableConv2D's depthwise filters and the
-pointwise rows they feed). Channels joined by an elementwise merge (`Add`,
+pointwise rows they feed, an LSTM/GRU/SimpleRNN's kernel rows). A pruned
+LSTM loses whole units: their columns in all four gates and their row of
+the recurrent kernel (`tfaccel.pruning.recurrent_channels`). Channels joined by an elementwise merge (`Add`,
 `x * gate`) form a group: the group is removed only when every producer
 masks it (the union of kept channels is kept); members that masked a kept
 channel get that filter zeroed so outputs do not change. `Concatenate`
@@ -41,6 +43,7 @@ from tfaccel.pruning.channel_graph import (
     is_prunable,
 )
 from tfaccel.pruning.channels import PruneChannels
+from tfaccel.pruning.recurrent_channels import is_recurrent, sliced_recurrent
 
 __all__ = ["shrink", "strip_channels"]
 
@@ -186,7 +189,9 @@ class _Removal:
         consumers = []
         for node in self.a.graph.nodes:
             inner = getattr(node.operation, "layer", node.operation)
-            consumes = is_prunable(inner) or isinstance(inner, SEPARABLE)
+            consumes = (
+                is_prunable(inner) or isinstance(inner, SEPARABLE) or is_recurrent(inner)
+            )
             if node.is_layer and consumes and len(node.inputs) == 1:
                 if not self.keep(node.inputs[0]).all():
                     consumers.append((node, inner))
@@ -215,7 +220,7 @@ class _Removal:
                 spread = np.abs(flat - const).max(axis=0)
                 bad = spread > _TOLERANCE * (1.0 + np.abs(const))
                 nonzero = np.abs(const) > _TOLERANCE
-                foldable = isinstance(inner, keras.layers.Dense) or (
+                foldable = isinstance(inner, keras.layers.Dense) or is_recurrent(inner) or (
                     not isinstance(inner, SEPARABLE)
                     and (inner.padding == "valid" or all(k == 1 for k in inner.kernel_size))
                 )
@@ -240,6 +245,14 @@ class _Removal:
             inner = operation.layer if wrapped else operation
             norm = operation.norm if wrapped else None
             zero = self.masks[id(operation)] == 0 if wrapped else None
+            if is_recurrent(inner):
+                return sliced_recurrent(
+                    inner,
+                    self.keep(node.inputs[0]),
+                    self.keep(node.outputs[0]),
+                    self.constants.get(id(operation)),
+                    zero,
+                )
             layer, leftover = sliced_layer(
                 inner,
                 self.keep(node.inputs[0]),
@@ -261,6 +274,10 @@ class _Removal:
             return _sliced_depthwise(operation, keep)
         if isinstance(operation, SEPARABLE):
             return _sliced_separable(operation, keep)
+        if is_recurrent(operation):  # a GRU/SimpleRNN or unpruned LSTM reading them
+            return sliced_recurrent(
+                operation, keep, None, self.constants.get(id(operation))
+            )
         return None
 
 
