@@ -2,7 +2,8 @@
 
 Unstructured zeros shrink files but not latency; removing whole filters does
 both. `prune_channels` wraps every eligible `Conv1D`/`Conv2D`/`Conv3D`/`Dense`
-in a `PruneChannels` wrapper holding one mask entry per output channel, and
+(and `LSTM`: its units, see `tfaccel.pruning.recurrent_channels`) in a
+`PruneChannels` wrapper holding one mask entry per output channel, and
 `tfaccel.pruning.shrink.shrink` later rebuilds a smaller plain model.
 
 Exactness contract: a masked channel is *exactly zero* at the wrapper's
@@ -323,11 +324,14 @@ def prune_channels(
 ) -> keras.Model:
     """Returns a copy of `model` whose Conv/Dense layers mask output channels.
 
-    Eligible layers are `Conv1D`/`Conv2D`/`Conv3D`/`Dense` whose output
-    channels reach only ops `shrink` knows how to slice (convolutions,
-    Dense, channel-wise layers and `keras.ops`, Flatten, pooling,
-    elementwise merges such as `Add` or `x * gate`, Concatenate) and never a
-    model output. By default (`layers=None`) layers whose channels are
+    Eligible layers are `Conv1D`/`Conv2D`/`Conv3D`/`Dense` (output
+    channels) and `LSTM` (units; both directions of a `Bidirectional`
+    joined by `"concat"`) whose outputs reach only ops `shrink` knows how
+    to slice (convolutions, Dense, recurrent layers, channel-wise layers
+    and `keras.ops`, Flatten, pooling, elementwise merges such as `Add` or
+    `x * gate`, Concatenate) and never a model output. Recurrent layers
+    whose units cannot be removed (GRU, SimpleRNN, other merges) are named
+    in a warning. By default (`layers=None`) layers whose channels are
     joined with another producer's by an elementwise merge (residual
     branches, squeeze-and-excitation gates) are left dense: such channels
     can only be removed when every member of the group masks them. Select
