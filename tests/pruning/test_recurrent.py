@@ -154,7 +154,7 @@ def test_lstm_units_are_channel_pruned_and_shrunk_exactly(tokens, tmp_path):
     want = pruned.predict(x, verbose=0)
     small = strip_pruning(pruned)
     units = [small.get_layer("bi").forward_layer.units, small.get_layer("bi").backward_layer.units]
-    assert sum(units) == 12 and small.get_layer("lstm").units == 5
+    assert units == [6, 6] and small.get_layer("lstm").units == 5
     assert small.get_layer("lstm").cell.kernel.shape == (12, 20)  # its input rows sliced
     assert small.get_layer("gru").cell.kernel.shape == (5, 18)
     assert small.count_params() < 0.5 * model.count_params()
@@ -189,3 +189,26 @@ def test_lstms_whose_units_cannot_be_removed_are_named():
     with pytest.raises(ValueError, match=r"'bi' \(Bidirectional\) cannot be channel-pruned.*"
                        r"joined by 'concat'.*Prune a recurrent layer's kernels"):
         prune_channels(model, 0.5, layers="bi")
+
+
+def test_both_directions_keep_as_many_units_before_a_dense_layer(tokens):
+    from tfaccel.pruning.channels import prune_channels
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), dtype="int32")
+    x = L.Reshape((8, 32))(L.Embedding(17, 4)(inputs))
+    x = L.Bidirectional(L.LSTM(6, return_sequences=True), name="first")(x)
+    x = L.Bidirectional(L.LSTM(6), name="second")(x)
+    pruned = prune_channels(keras.Model(inputs, L.Dense(10, name="logits")(x)), 0.5)
+    train(pruned, tokens, epochs=1)
+    # Unequal masks (5 forward units against 1 backward): shrink removes one
+    # from each direction and keeps the other four forward units, zeroed.
+    pruned.get_layer("second_channels").mask.assign(
+        np.array([0, 0, 0, 0, 0, 1] + [1, 1, 0, 1, 1, 1], "float32"))
+    x_test = tokens[2][:64]
+    want = pruned.predict(x_test, verbose=0)
+    small = strip_pruning(pruned)
+    second = small.get_layer("second")
+    assert second.forward_layer.units == second.backward_layer.units == 5
+    assert small.get_layer("logits").kernel.shape == (10, 10)
+    np.testing.assert_allclose(small.predict(x_test, verbose=0), want, atol=1e-5)

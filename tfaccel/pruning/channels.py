@@ -207,14 +207,20 @@ class PruneChannels(PruningWrapper):
         return channel_scores(self.layer, self.norm, self.criterion)
 
     def compute_mask_from(self, fraction):
-        """Mask holding zeros for the `round(fraction * C)` lowest scores."""
-        channels = self.channels
-        count = ops.round(ops.cast(fraction, "float32") * channels)
-        count = ops.clip(count, 0.0, float(channels - 1))
-        order = ops.argsort(self.scores())
-        # The argsort of a permutation is its inverse: the rank of each score.
-        ranks = ops.argsort(order)
-        return ops.cast(ops.cast(ranks, "float32") >= count, "float32")
+        """Mask holding zeros for the `round(fraction * C)` lowest scores.
+
+        A Bidirectional LSTM ranks each direction's units on their own:
+        Keras builds both directions with one number of units, so each
+        masks the same count.
+        """
+        scores = self.scores()
+        if isinstance(self.layer, keras.layers.Bidirectional):
+            half = self.channels // 2
+            return ops.concatenate(
+                [_lowest_masked(scores[:half], fraction),
+                 _lowest_masked(scores[half:], fraction)]
+            )
+        return _lowest_masked(scores, fraction)
 
     def call(self, inputs, training=None, **kwargs):
         # `kwargs`: the `mask=None` a recurrent layer's node carries (a
@@ -313,6 +319,16 @@ class PruneChannels(PruningWrapper):
         if config.get("norm") is not None:
             config["norm"] = keras.saving.deserialize_keras_object(config["norm"])
         return cls(**config)
+
+
+def _lowest_masked(scores, fraction):
+    """1.0 per score, 0.0 for the `round(fraction * len)` lowest (one kept)."""
+    channels = int(scores.shape[0])
+    count = ops.round(ops.cast(fraction, "float32") * channels)
+    count = ops.clip(count, 0.0, float(channels - 1))
+    # The argsort of a permutation is its inverse: the rank of each score.
+    ranks = ops.argsort(ops.argsort(scores))
+    return ops.cast(ops.cast(ranks, "float32") >= count, "float32")
 
 
 def prune_channels(

@@ -172,14 +172,39 @@ class _Removal:
             root = self.a.uf.find(label)
             masked = self.masks[id(producer)][channel] == 0
             all_masked[root] = all_masked.get(root, True) and bool(masked)
-        self.removed = {
-            root
-            for root, masked in all_masked.items()
-            if masked
-            and not self.a.uf.pinned[root]
-            and root not in self.a.blocked
-            and root not in self.kept_roots
-        }
+        while True:
+            self.removed = {
+                root
+                for root, masked in all_masked.items()
+                if masked
+                and not self.a.uf.pinned[root]
+                and root not in self.a.blocked
+                and root not in self.kept_roots
+            }
+            extra = self._unbalanced()
+            if not extra:
+                return
+            self.kept_roots |= extra
+
+    def _unbalanced(self) -> set[int]:
+        """Roots to keep so that both directions of every Bidirectional lose
+        as many units (Keras gives both one `units`): the surplus of the
+        direction that would lose more, kept and zeroed."""
+        extra: set[int] = set()
+        for layer in self.a.graph.layers():
+            if not (
+                isinstance(layer, PruneChannels)
+                and isinstance(layer.layer, keras.layers.Bidirectional)
+            ):
+                continue
+            roots = self.a.roots(self.a.output_labels(layer))
+            half = len(roots) // 2
+            gone = [[int(r) for r in part if r in self.removed]
+                    for part in (roots[:half], roots[half:])]
+            surplus = len(gone[0]) - len(gone[1])
+            if surplus:
+                extra.update(gone[0 if surplus > 0 else 1][: abs(surplus)])
+        return extra
 
     def keep(self, tensor) -> np.ndarray:
         roots = self.a.roots(self.a.get(tensor))
