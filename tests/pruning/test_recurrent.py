@@ -212,3 +212,21 @@ def test_both_directions_keep_as_many_units_before_a_dense_layer(tokens):
     assert second.forward_layer.units == second.backward_layer.units == 5
     assert small.get_layer("logits").kernel.shape == (10, 10)
     np.testing.assert_allclose(small.predict(x_test, verbose=0), want, atol=1e-5)
+
+
+def test_a_constant_left_by_removed_channels_folds_into_the_lstm_bias(tokens):
+    from tfaccel.pruning.channels import prune_channels
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), dtype="int32")
+    x = L.Reshape((8, 32))(L.Embedding(17, 4)(inputs))
+    x = L.Dense(12, activation="relu", name="features")(x)
+    x = L.LSTM(6, name="lstm")(x + 1.0)  # a removed feature reads 1.0, not 0
+    pruned = prune_channels(keras.Model(inputs, L.Dense(10, name="logits")(x)), 0.5,
+                            layers="features")
+    train(pruned, tokens, epochs=1)
+    x_test = tokens[2][:64]
+    want = pruned.predict(x_test, verbose=0)
+    small = strip_pruning(pruned)
+    assert small.get_layer("lstm").cell.kernel.shape == (6, 24)
+    np.testing.assert_allclose(small.predict(x_test, verbose=0), want, atol=1e-5)
