@@ -74,7 +74,7 @@ __all__ = ["PruneChannels", "prune_channels", "channel_fractions"]
 
 @keras.saving.register_keras_serializable(package="tfaccel")
 class PruneChannels(PruningWrapper):
-    """Masks whole output channels of a Conv or Dense layer during training.
+    """Masks whole output channels of a Conv, Dense or LSTM layer in training.
 
     Each training call evaluates `schedule(step)` for `(should_prune,
     fraction)`, increments `step` and, when due, masks the
@@ -92,7 +92,10 @@ class PruneChannels(PruningWrapper):
     (2, ConstantSparsity(target_sparsity=0.5, begin_step=0, end_step=-1, frequency=1))
 
     Args:
-        layer: a `Conv1D`, `Conv2D`, `Conv3D` or `Dense` layer.
+        layer: a `Conv1D`, `Conv2D`, `Conv3D` or `Dense` layer, or an
+            `LSTM` (a `Bidirectional` LSTM joined by `"concat"`): its units
+            are masked through their candidate gate (see
+            `tfaccel.pruning.recurrent_channels`).
         schedule: a `tfaccel.schedules.PruningSchedule`, or a float fraction
             of channels to mask (`ConstantSparsity(fraction, begin_step=0,
             frequency=1)`: from the first training step, every step).

@@ -7,8 +7,9 @@ after a channels-last `Flatten` where feature `position * C + channel` goes,
 Dense after global pooling, a SeparableConv2D's depthwise filters and the
 pointwise rows they feed, an LSTM/GRU/SimpleRNN's kernel rows). A pruned
 LSTM loses whole units: their columns in all four gates and their row of
-the recurrent kernel (`tfaccel.pruning.recurrent_channels`). Channels joined by an elementwise merge (`Add`,
-`x * gate`) form a group: the group is removed only when every producer
+the recurrent kernel (`tfaccel.pruning.recurrent_channels`); both
+directions of a Bidirectional keep one number of units. Channels joined by
+an elementwise merge (`Add`, `x * gate`) form a group: the group is removed only when every producer
 masks it (the union of kept channels is kept); members that masked a kept
 channel get that filter zeroed so outputs do not change. `Concatenate`
 offsets indices. Channel-wise `keras.ops` (`x + 3.0`, `relu6`, `x * (1/6)`)
