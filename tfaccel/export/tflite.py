@@ -199,14 +199,14 @@ def export_tflite(
             f"tolerance={dict(tolerance)!r} with verify=False"
         )
     max_samples = _check_max_samples(max_samples)
-    out = AtomicFile(path)  # checks `path` before any work
-    path = out.path
-
-    notes: list[str] = []
     if not isinstance(fuse_lstm, bool):
         raise TypeError(
             f"Argument `fuse_lstm` must be True or False. Received: fuse_lstm={fuse_lstm!r}"
         )
+    out = AtomicFile(path)  # checks `path` before any work
+    path = out.path
+
+    notes: list[str] = []
     model = prepare_for_export(model, notes, {"fuse_lstm": fuse_lstm})
     if not isinstance(model, keras.Model):
         raise TypeError(

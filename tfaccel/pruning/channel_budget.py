@@ -18,7 +18,7 @@ from keras import ops
 from tfaccel._warnings import TfaccelWarning
 from tfaccel.graph import Selector, all_layers
 from tfaccel.pruning.channel_graph import ChannelGraph, is_prunable
-from tfaccel.pruning.recurrent_channels import is_recurrent, unit_scores
+from tfaccel.pruning.recurrent_channels import RECURRENT, is_recurrent, unit_scores
 from tfaccel.schedules import (
     ConstantSparsity,
     PruningSchedule,
@@ -141,9 +141,9 @@ def chosen_layers(analysis: ChannelGraph, pick: Selector, model_name: str) -> li
                     "and LSTM layers (with a tanh-like activation, no "
                     "returned states; in a Bidirectional, joined by 'concat') "
                     "produce prunable channels."
-                    + (_RECURRENT_HINT if _is_recurrent(layer) else "")
+                    + (_RECURRENT_HINT if isinstance(layer, RECURRENT) else "")
                 )
-            if _is_recurrent(layer):
+            if isinstance(layer, RECURRENT):
                 recurrent.append(f"{layer.name!r} ({type(layer).__name__})")
             continue
         reasons = analysis.reasons(layer)
@@ -180,10 +180,6 @@ _RECURRENT_HINT = (
     "tfaccel.prune(model, structure='unstructured' or '2:4'), or make it "
     "smaller (fewer `units`) and train again."
 )
-
-
-def _is_recurrent(layer) -> bool:
-    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
 
 
 def _count(items: list, one: str, many: str) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 from tfaccel.graph import OUTPUT, Graph, Node, read
 from tfaccel.pruning.recurrent_channels import (
+    RECURRENT,
     is_recurrent,
     is_unit_producer,
     unit_count,
@@ -408,7 +409,7 @@ _LAYER_RULES = (
     (_CHANNELWISE, ChannelGraph._channelwise),
     (DEPTHWISE, ChannelGraph._depthwise),
     (SEPARABLE, ChannelGraph._separable),
-    ((keras.layers.RNN, keras.layers.Bidirectional), ChannelGraph._recurrent),
+    (RECURRENT, ChannelGraph._recurrent),
     ((keras.layers.Flatten,), ChannelGraph._flatten),
     (_MERGE_LAYERS, ChannelGraph._merge),
     ((keras.layers.Concatenate,), ChannelGraph._concatenate),

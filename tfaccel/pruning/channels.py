@@ -66,7 +66,11 @@ from tfaccel.pruning.channel_budget import (
     maps_zero_to_zero,
 )
 from tfaccel.pruning.channel_graph import ChannelGraph, channel_count, is_prunable
-from tfaccel.pruning.recurrent_channels import is_unit_producer, masked_mapping
+from tfaccel.pruning.recurrent_channels import (
+    is_unit_producer,
+    masked_mapping,
+    sliced_recurrent,
+)
 from tfaccel.pruning.registry import weight_key
 from tfaccel.schedules import PruningSchedule
 
@@ -285,8 +289,6 @@ class PruneChannels(PruningWrapper):
 
         zero = ops.convert_to_numpy(self.mask) == 0
         if self._recurrent:
-            from tfaccel.pruning.recurrent_channels import sliced_recurrent
-
             return [sliced_recurrent(self.layer, zero_out=zero)]
         keep = np.ones_like(zero)
         layers = [sliced_layer(self.layer, None, keep, zero_out=zero)[0]]

@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 __all__ = [
+    "RECURRENT",
     "is_recurrent",
     "is_unit_producer",
     "masked_mapping",
@@ -33,6 +34,9 @@ __all__ = [
     "unit_count",
     "unit_scores",
 ]
+
+#: The layers whose units or input rows this module reasons about.
+RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)
 
 _GATES = {
     keras.layers.LSTMCell: 4,
@@ -58,7 +62,7 @@ def is_recurrent(layer) -> bool:
     """An LSTM/GRU/SimpleRNN (or a Bidirectional of one) with Keras' own cell:
     channel pruning can slice its input rows."""
     inner = _inner(layer)
-    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)) and all(
+    return isinstance(layer, RECURRENT) and all(
         _gates(rnn) for rnn in inner
     )
 
