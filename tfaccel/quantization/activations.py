@@ -212,8 +212,11 @@ class QuantizedActivation(keras.layers.Layer):
 
     Sigmoid, softmax and tanh get the fixed output range TFLite's int8
     kernels require; swish is computed as `x * sigmoid(x)` with the sigmoid
-    quantized too (TFLite runs LOGISTIC then MUL); other activations get a
-    learned range.
+    quantized too (TFLite runs LOGISTIC then MUL), hard sigmoid as
+    `relu6(x + 3) * (1/6)` with `relu6(x + 3)` quantized on `[0, 6]` (an
+    ADD then a MUL), and hard swish takes the values of TFLite's int8
+    HARD_SWISH kernel (`tfaccel.quantization.hard_swish`); other
+    activations get a learned range.
 
     Example:
 
@@ -242,16 +245,28 @@ class QuantizedActivation(keras.layers.Layer):
             activation=relu_activation(self.activation),
             name="output_quantizer",
         )
+        # Where the int8 input comes from when no functional graph says so
+        # (a sublayer chain): a function, so Keras does not track the layer.
+        self._input_grid = None
         self.sigmoid_quantizer = None
         if self.activation == "silu":
             self.sigmoid_quantizer = ActivationQuantizer(
                 fixed_range=fixed_activation_range("sigmoid"), name="sigmoid_quantizer"
             )
+        # hard sigmoid, relu6(x + 3) / 6, is two ops in TFLite (an ADD with
+        # the ReLU6 fused, then a MUL): the tensor between them needs an int8
+        # range of its own, or both stay float. [0, 6] is exact for it.
+        self.relu6_quantizer = None
+        if self.activation == "hard_sigmoid":
+            self.relu6_quantizer = ActivationQuantizer(
+                fixed_range=(0.0, 6.0), name="relu6_quantizer")
 
     def build(self, input_shape):
         self.output_quantizer.build(input_shape)
         if self.sigmoid_quantizer is not None:
             self.sigmoid_quantizer.build(input_shape)
+        if self.relu6_quantizer is not None:
+            self.relu6_quantizer.build(input_shape)
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None and self.activation == "softmax":
@@ -262,12 +277,39 @@ class QuantizedActivation(keras.layers.Layer):
         if self.sigmoid_quantizer is not None:
             gate = self.sigmoid_quantizer(ops.sigmoid(inputs), training=training)
             y = inputs * gate
+        elif self.relu6_quantizer is not None:
+            shifted = self.relu6_quantizer(tf.nn.relu6(inputs + 3.0), training=training)
+            y = shifted * (1.0 / 6.0)
         else:
             y = self._fn(inputs)
         y = self.output_quantizer(y, training=training)
+        if self.activation == "hard_silu":
+            y = self._as_tflite_hard_swish(inputs, y)
         if self.activation in ("softmax", "sigmoid"):
             _keep_logits(y, inputs)
         return y
+
+    def _as_tflite_hard_swish(self, inputs, y):
+        """`y` with the value of TFLite's int8 HARD_SWISH of `inputs` (see
+        `tfaccel.quantization.hard_swish`) and `y`'s gradient. Unchanged
+        where the input is not an int8 tensor the layer can find (a float
+        input, a call outside a functional model) and in the graph handed
+        to the converter."""
+        from tfaccel.quantization.hard_swish import tflite_hard_swish
+        from tfaccel.quantization.layers import input_quantizer
+        from tfaccel.quantization.quantizers import exporting
+
+        source = self._input_grid() if self._input_grid is not None else input_quantizer(self)
+        if source is None or exporting():
+            return y
+        value = tflite_hard_swish(
+            inputs, source.inference_range(), self.output_quantizer.inference_range())
+
+        @tf.custom_gradient
+        def with_value(v):
+            return tf.cast(value, v.dtype), lambda dy: dy
+
+        return with_value(y)
 
     def compute_output_shape(self, input_shape):
         return input_shape

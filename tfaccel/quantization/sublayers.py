@@ -70,6 +70,10 @@ class _Chain(keras.layers.Layer):
 
 
 def _chain(layers: list) -> Any:
+    for before, layer in zip(layers, layers[1:]):
+        source = getattr(before, "output_quantizer", None)
+        if isinstance(layer, QuantizedActivation) and isinstance(source, ActivationQuantizer):
+            layer._input_grid = lambda source=source: source  # noqa: SLF001
     return layers[0] if len(layers) == 1 else _Chain(layers, name=f"{layers[0].name}_chain")
 
 
