@@ -157,3 +157,23 @@ def test_hard_sigmoid_is_an_int8_add_and_mul(seed):
     assert tfl.float_ops(it) == []
     # Measured: 0 and 0.04% of the 16,384 outputs a step apart.
     assert tfl.file_disagreement(qat, x) < 0.002
+
+
+def test_training_rounds_exactly_and_inference_takes_the_kernels_levels():
+    # The lookup costs a gather per value: only inference pays it.
+    x = _ramp(*RANGES[0])
+    qat = quantize(_model(), calibration_data=x)
+    calls = []
+    original = QuantizedActivation._as_tflite_hard_swish
+
+    def spy(self, inputs, y):
+        calls.append(True)
+        return original(self, inputs, y)
+
+    with mock.patch.object(QuantizedActivation, "_as_tflite_hard_swish", spy):
+        qat(x, training=True)
+        assert calls == []
+        qat(x, training=False)
+        assert calls == [True]
+        qat(x)  # no `training`: inference
+        assert calls == [True, True]
