@@ -26,6 +26,7 @@ from tfaccel.quantization.pruned_plans import (
 )
 from tfaccel.quantization.registry import (
     _activation_name,
+    activation_operation,
     fusable_activation,
     qat_layer,
     quantize_kind,
@@ -248,6 +249,11 @@ class _Rewrite:
             # int8 AVERAGE_POOL_2D rounds each mean to its input's grid.
             after = SameScaleQuantizer(name=f"{op.name}_requant")
             return Replacement(copy_layer(op), after=[after])
+        if kind == "output" and id(op) not in self.planner.output_relu:
+            activation = activation_operation(op)  # `keras.ops.sigmoid(x)`, ...
+            if activation is not None:
+                return QuantizedActivation(
+                    activation, ema_decay=self.ema_decay, name=f"quant_{op.name}")
         if kind not in ("output", "skip_to_int8", "activation"):
             return None  # a copy (passthrough, skipped, nested model)
         if node.is_model:

@@ -272,6 +272,28 @@ _OPERATIONS: dict[str, Rule] = {
 }
 
 
+# `keras.ops` activations between layers, by class name, and the activation
+# each is: TFLite runs them as their own int8 ops with their own arithmetic
+# (LOGISTIC and TANH on fixed output scales, silu as LOGISTIC then MUL, hard
+# sigmoid as ADD then MUL), so `quantize` gives them the `QuantizedActivation`
+# an `Activation` layer of that name gets, not a learned output range.
+_ACTIVATION_OPERATIONS = {
+    "Sigmoid": "sigmoid", "HardSigmoid": "hard_sigmoid", "Tanh": "tanh",
+    "Silu": "silu", "HardSilu": "hard_silu", "Softmax": "softmax",
+}
+
+
+def activation_operation(op) -> str | None:
+    """The activation a `keras.ops` call between layers is, if `quantize`
+    quantizes it as that activation (softmax: over the last axis only)."""
+    if isinstance(op, keras.layers.Layer):
+        return None
+    name = _ACTIVATION_OPERATIONS.get(type(op).__name__)
+    if name == "softmax" and getattr(op, "axis", -1) not in (-1, (-1,), [-1]):
+        return None
+    return name
+
+
 # Layers quantized as a whole ("layer" kind): class -> factory(layer, ema_decay).
 _FACTORIES: dict[type, Callable] = {}
 
