@@ -50,3 +50,29 @@ def test_activation_gradient_is_zero_outside_the_range_even_for_infinite_dy():
         .graph.get_operations()
     }
     assert "MulNoNan" in graph_ops and "SelectV2" not in graph_ops
+
+
+def test_an_accidental_zero_costs_no_mask_and_a_pruned_kernel_keeps_its_zeros():
+    # ResNet50 (`weights=None`) had three 3x3x512x512 kernels with one exact
+    # zero from the initializer, and each got a float mask of its size.
+    import keras
+    import numpy as np
+
+    from tfaccel.quantization import QuantizeWrapper, quantize
+    from tfaccel.quantization.quantize import PRESERVED_SPARSITY
+
+    inputs = keras.Input((16,))
+    x = keras.layers.Dense(256, name="dense")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(256, name="sparse")(x))
+    kernel = model.get_layer("dense").kernel.numpy()
+    kernel[0, 0] = 0.0  # 1 of 4,096
+    model.get_layer("dense").kernel.assign(kernel)
+    sparse = model.get_layer("sparse").kernel.numpy()
+    sparse.flat[: int(np.ceil(sparse.size * PRESERVED_SPARSITY))] = 0.0  # 1%: pruned
+    model.get_layer("sparse").kernel.assign(sparse)
+    qat = quantize(model)
+    wrappers = {w.layer.name: w for w in qat.layers if isinstance(w, QuantizeWrapper)}
+    assert not wrappers["dense"].preserve_sparsity
+    assert not any(v.path.endswith("mask") for v in wrappers["dense"].weights)
+    assert wrappers["sparse"].preserve_sparsity
+    np.testing.assert_array_equal(wrappers["sparse"].mask.numpy() == 0, sparse == 0)
