@@ -53,8 +53,8 @@ def test_activation_gradient_is_zero_outside_the_range_even_for_infinite_dy():
 
 
 def test_an_accidental_zero_costs_no_mask_and_a_pruned_kernel_keeps_its_zeros():
-    # ResNet50 (`weights=None`) had three 3x3x512x512 kernels with one exact
-    # zero from the initializer, and each got a float mask of its size.
+    # ResNet50 (`weights=None`) had three kernels with one exact zero from
+    # the initializer, and each got a float mask of its size (17 MB).
     import keras
     import numpy as np
 
