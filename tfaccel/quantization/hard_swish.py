@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfaccel.quantization.quantizers import _op_range, fake_quant_activation
+from tfaccel.quantization.quantizers import activation_grid, fake_quant_activation
 
 __all__ = ["tflite_hard_swish"]
 
@@ -84,10 +84,7 @@ def _saturating_left_shift(x, amount):
 def _grid(low, high):
     """Scale (float32) and zero point (int64) of the int8 tensor that
     `fake_quant_activation(., low, high)` makes."""
-    low, high = _op_range(low, high)
-    low = tf.cast(low, tf.float32)
-    scale = (tf.cast(high, tf.float32) - low) / 255.0
-    safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
+    low, scale, safe = activation_grid(low, high)
     zero_point = tf.cast(tf.round(-128.0 - low / safe), tf.int64)
     return scale, safe, zero_point
 

@@ -310,10 +310,7 @@ def round_mean(x, low, high):
     >>> np.asarray(round_mean(x, 0.0, 2.55), "float64").round(4).tolist()
     [0.0, 0.02, 0.04]
     """
-    low, high = _op_range(low, high)
-    low = tf.cast(low, tf.float32)
-    scale = (tf.cast(high, tf.float32) - low) / 255.0
-    safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
+    low, scale, safe = activation_grid(low, high)
 
     @tf.custom_gradient
     def rounded(v):
@@ -325,6 +322,16 @@ def round_mean(x, low, high):
         return tf.where(scale > 0.0, y, tf.zeros_like(y)), lambda dy: dy
 
     return rounded(tf.cast(x, tf.float32))
+
+
+def activation_grid(low, high):
+    """`(low, scale, safe_scale)` of the int8 grid `fake_quant_activation(.,
+    low, high)` rounds to: its nudged lower end and its step (float32), and
+    the step with an empty range's 0 replaced by 1, to divide by."""
+    low, high = _op_range(low, high)
+    low = tf.cast(low, tf.float32)
+    scale = (tf.cast(high, tf.float32) - low) / 255.0
+    return low, scale, tf.where(scale > 0.0, scale, tf.ones_like(scale))
 
 
 def activation_scale(low, high):
