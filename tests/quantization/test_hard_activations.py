@@ -177,3 +177,13 @@ def test_training_rounds_exactly_and_inference_takes_the_kernels_levels():
         assert calls == [True]
         qat(x)  # no `training`: inference
         assert calls == [True, True]
+
+
+def test_non_finite_inputs_saturate_or_stay_nan():
+    x = np.array([np.nan, np.inf, -np.inf, 0.9], "float32")
+    y = np.asarray(tflite_hard_swish(x, (-1.28, 1.27), (-0.38, 2.17)))
+    assert np.isnan(y[0])
+    # inf and -inf clip to the input's ends, 1.27 and -1.28, as in the file.
+    expected = tflite_hard_swish(np.array([1.27, -1.28, 0.9], "float32"),
+                                 (-1.28, 1.27), (-0.38, 2.17))
+    np.testing.assert_array_equal(y[1:], np.asarray(expected))

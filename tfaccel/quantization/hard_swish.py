@@ -156,7 +156,11 @@ def tflite_hard_swish(x, input_range, output_range):
     # of its level; clipped like the int8 tensor that holds it.
     offset = tf.cast(in_zero, tf.float32) + 128.0
     index = tf.clip_by_value(tf.round(x / in_safe) + offset, 0.0, 255.0)
-    values = tf.gather(outputs, tf.cast(index, tf.int32))
+    # A NaN has no level: it looks up level 0 and stays NaN (a bad index
+    # would stop `predict` with a gather error instead).
+    nan = tf.math.is_nan(x)
+    values = tf.gather(outputs, tf.cast(tf.where(nan, 0.0, index), tf.int32))
+    values = tf.where(nan, x, values)
     valid = tf.logical_and(in_scale > 0.0, out_scale > 0.0)
     return tf.stop_gradient(tf.cond(
         valid, lambda: values,
