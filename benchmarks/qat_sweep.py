@@ -337,6 +337,8 @@ def main(argv=None) -> dict:
         result["merged_models"] = sorted(kept)
         result["commands"] = [*previous.get("commands", [previous.get("command")]),
                               result["command"]]
+        if previous.get("note"):  # the record of which row was measured when
+            result["note"] = previous["note"]
     for name in models:
         per_lib = result["models"].setdefault(name, {})
         for lib in args.libs.split(","):
