@@ -337,8 +337,7 @@ def activation_grid(low, high):
 def activation_scale(low, high):
     """The int8 scale of the tensor `fake_quant_activation(x, low, high)`
     makes: its nudged range over 255 steps (0 for an empty range)."""
-    low, high = _op_range(low, high)
-    return (tf.convert_to_tensor(high, tf.float32) - low) / 255.0
+    return activation_grid(low, high)[1]
 
 
 def weight_scale(weight, mode: str):
