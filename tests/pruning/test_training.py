@@ -87,7 +87,7 @@ def test_nm_pattern_holds_after_fit(digits):
     assert all(v == 0.5 for v in sparsity(model).values())
 
 
-def test_pruned_weights_stay_pruned_and_are_zero_in_every_forward(digits):
+def test_pruned_weights_stay_pruned_and_get_no_gradient(digits):
     x, y, _, _ = digits
     schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=END, frequency=FREQ)
     model = _compile(prune(make_mlp(), schedule))
@@ -99,30 +99,14 @@ def test_pruned_weights_stay_pruned_and_are_zero_in_every_forward(digits):
             for old, new in zip(previous, masks):
                 assert np.all(new[old == 0] == 0)  # no pruned weight came back
         previous = masks
+    # Masked positions get a zero gradient; kept ones do not.
     wrapper = _wrappers(model)[0]
-    kernel = wrapper.layer.kernel
-    mask = wrapper.masks[0].numpy()
-    # The gradient is not masked: after fit's last update the optimizer has
-    # moved masked entries of the variable away from zero.
-    assert np.any(kernel.numpy()[mask == 0] != 0)
-    # Move them further, as an optimizer step would, and check that no call
-    # computes with them.
-    moved = kernel.numpy() + np.where(mask == 0, 5.0, 0.0).astype("float32")
-    kernel.assign(moved)
-    inputs = x[:8].reshape(8, -1)
-    expected = np.maximum(inputs @ (moved * mask) + wrapper.layer.bias.numpy(), 0)
-    out = wrapper(inputs, training=False).numpy()
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(kernel.numpy(), moved)  # inference assigns nothing
     with tf.GradientTape() as tape:
-        out = wrapper(inputs, training=True)
+        out = wrapper(x[:8].reshape(8, -1), training=False)
         loss = keras.ops.sum(out**2)
-    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
-    # A training call zeroed the masked entries in place (the schedule is
-    # finished: the mask did not change) and its gradient reaches the kernel.
-    np.testing.assert_array_equal(wrapper.masks[0].numpy(), mask)
-    np.testing.assert_array_equal(kernel.numpy(), moved * mask)
-    grad = tape.gradient(loss, kernel).numpy()
+    grad = tape.gradient(loss, wrapper.layer.kernel).numpy()
+    mask = wrapper.masks[0].numpy()
+    assert np.all(grad[mask == 0] == 0)
     assert np.any(grad[mask == 1] != 0)
 
 
@@ -241,24 +225,3 @@ def test_a_traced_step_keeps_the_mask_update_as_one_if_op():
     # Pruned at steps 2 and 5 only (begin 2, every 3 steps), 64 of 128.
     assert zeros == [0, 64, 64, 64, 64, 64]
     assert int(wrapper.pruning_step.numpy()) == 6
-
-
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_training_call_zeroes_float32_weights_without_rounding(policy):
-    # Inside a mixed-precision layer's call Keras reads variables in the
-    # compute dtype; the in-place zeroing must not write that rounding back.
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        wrapper = PruneLowMagnitude(
-            keras.layers.Dense(4), ConstantSparsity(0.5, begin_step=1, frequency=1)
-        )
-        wrapper.build((None, 8))
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    kernel = wrapper.layer.kernel
-    before = kernel.numpy().copy()
-    wrapper(np.ones((2, 8), "float32"), training=True)
-    mask = wrapper.masks[0].numpy()
-    assert kernel.dtype == "float32" and (mask == 0).mean() == 0.5
-    np.testing.assert_array_equal(kernel.numpy(), before * mask)

@@ -52,25 +52,17 @@ class PruneLowMagnitude(PruningWrapper):
     """Train a layer with its smallest-magnitude weights masked to zero.
 
     The wrapped layer computes with `weight * mask` in place of each prunable
-    weight. A training call first zeroes the masked entries of the variable
-    in place (`weight.assign(weight * mask)`, as tfmot does) and the layer
-    then reads the variable itself: one pass over the weights per step. The
-    gradient is not masked, so the optimizer may move a masked entry after
-    the step; the next training call zeroes it again before any op reads
-    it, and calls outside training compute with `weight * mask` without
-    assigning.
-
-    Each training call evaluates the schedule at the wrapper's own step
-    counter (the k-th training call, counting from 1, sees step k, exactly
-    as tfmot's k-th step does) and, when the schedule says so, recomputes
-    the masks from `|weight * old_mask|`, so weights pruned earlier stay
-    pruned as sparsity rises.
+    weight; the variable itself is never assigned in the forward pass, and
+    the gradient at masked positions is zero. Each training call evaluates
+    the schedule at the wrapper's own step counter (the k-th training call,
+    counting from 1, sees step k, exactly as tfmot's k-th step does) and, when the
+    schedule says so, recomputes the masks from `|weight * old_mask|`, so
+    weights pruned earlier stay pruned as sparsity rises.
 
     Masks and the step are layer variables with `aggregation="none"`: every
     replica computes them identically from the already-synchronized weights,
-    and writes the same zeros into its own copy of each weight, so no
-    cross-replica traffic is needed and `tf.cond` can skip the sort on
-    steps that do not prune. They are saved with the model and restored
+    so no cross-replica traffic is needed and `tf.cond` can skip the sort
+    on steps that do not prune. They are saved with the model and restored
     by `keras.models.load_model` or `BackupAndRestore`. No callback is needed.
 
     With `structure="N:M"` (e.g. `"2:4"`) the schedule only decides *when*
@@ -234,21 +226,10 @@ class PruneLowMagnitude(PruningWrapper):
             args = (inputs, *args)
         if training:
             self.update_masks()
-            # Zero the masked entries in place and let the layer read its
-            # variables: one pass over the weights per step. Computing with
-            # a `weight * mask` substitute instead costs a second pass, the
-            # mask on the gradient (3% of a ResNet50 64x64 step on CPU).
-            with full_precision():
-                for (variable, _), mask in zip(self._pruned, self.masks):
-                    variable.assign(variable * mask)
-            return self.layer(*args, training=training, **kwargs)
-        # Outside training the optimizer may have moved masked entries since
-        # the last training call: compute with `weight * mask`, assign nothing.
-        with full_precision():
-            mapping = [
-                (variable, variable * mask)
-                for (variable, _), mask in zip(self._pruned, self.masks)
-            ]
+        mapping = [
+            (variable, variable * keras.ops.cast(mask, variable.dtype))
+            for (variable, _), mask in zip(self._pruned, self.masks)
+        ]
         with substitute(mapping, tracked=self.layer.variables, owner=self.layer):
             return self.layer(*args, training=training, **kwargs)
 
