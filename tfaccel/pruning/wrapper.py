@@ -22,24 +22,6 @@ def fits_pattern(variable, axis: int, m: int) -> bool:
     return variable.shape[axis] % m == 0
 
 
-def _masked_straight_through(variable, mask) -> tf.Tensor:
-    """`variable * mask`, whose gradient reaches `variable` unmasked.
-
-    tfmot's gradient. The layer still computes with a masked copy, so the
-    variable's own buffer is not held by the backward pass and the
-    optimizer updates it in place; masking the gradient too would cost a
-    second pass over the weights (docs/performance.md, rounds 9 and 10).
-    """
-    weight = tf.convert_to_tensor(variable)  # the autocast value, if any
-    mask = tf.cast(mask, weight.dtype)
-
-    @tf.custom_gradient
-    def masked(w):
-        return w * mask, lambda dy: dy
-
-    return masked(weight)
-
-
 def _cond_as_one_op(pred, true_fn, false_fn):
     """`tf.cond`, run in a graph as one `If` op that calls the taken branch.
 
@@ -70,14 +52,8 @@ class PruneLowMagnitude(PruningWrapper):
     """Train a layer with its smallest-magnitude weights masked to zero.
 
     The wrapped layer computes with `weight * mask` in place of each prunable
-    weight; the variable itself is never assigned in the forward pass.
-    With unstructured masks the gradient passes the mask straight through
-    to the variable (as tfmot's does): the optimizer may move a masked
-    entry, but no op reads it and, while sparsity does not decrease, no
-    mask gives it back. With N:M
-    masks, recomputed from the weights' magnitudes, the gradient at masked
-    positions is zero, so a pruned weight only returns on its old
-    magnitude. Each training call evaluates
+    weight; the variable itself is never assigned in the forward pass, and
+    the gradient at masked positions is zero. Each training call evaluates
     the schedule at the wrapper's own step counter (the k-th training call,
     counting from 1, sees step k, exactly as tfmot's k-th step does) and, when the
     schedule says so, recomputes the masks from `|weight * old_mask|`, so
@@ -250,16 +226,8 @@ class PruneLowMagnitude(PruningWrapper):
             args = (inputs, *args)
         if training:
             self.update_masks()
-        # Unstructured masks never give a weight back, so its gradient can
-        # skip the mask: one pass over the weights per step, not two.
-        straight_through = bool(training) and self._nm is None
         mapping = [
-            (
-                variable,
-                _masked_straight_through(variable, mask)
-                if straight_through
-                else variable * keras.ops.cast(mask, variable.dtype),
-            )
+            (variable, variable * keras.ops.cast(mask, variable.dtype))
             for (variable, _), mask in zip(self._pruned, self.masks)
         ]
         with substitute(mapping, tracked=self.layer.variables, owner=self.layer):
