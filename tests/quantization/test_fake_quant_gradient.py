@@ -54,18 +54,37 @@ def test_forward_is_the_op_bit_for_bit(seed):
     rng = np.random.default_rng(seed)
     shape = [(3, 3, 32, 64), (1, 1, 128, 96), (3, 3, 1, 48)][seed % 3]
     # Channels of magnitudes 1e-6 .. 1e3, one all-zero (bound 1, as
-    # `_weight_bound` gives it) and, for odd seeds, bounds wider than the
-    # weights (the clip and the nudged ends away from any weight).
+    # `_weight_bound` gives it). Even seeds: the bound is max|x| (weights on
+    # both nudged ends, where the op's clip would act); odd seeds: bounds
+    # wider than the weights (`_weight_bound`'s floor of 1e-8).
     x = rng.normal(size=shape) * 10.0 ** rng.uniform(-6, 3, shape[-1])
     x[..., 0] = 0.0
     x = x.astype("float32")
     bound = np.abs(x.reshape(-1, shape[-1])).max(0)
     bound[0] = 1.0
     if seed % 2:
-        bound = bound * rng.uniform(0.5, 3.0, shape[-1]).astype("float32")
+        bound = bound * rng.uniform(1.0, 3.0, shape[-1]).astype("float32")
+    else:  # both ends reached in channel 1: +max and -max
+        x[0, 0, 0, 1], x[-1, -1, -1, 1] = bound[1], -bound[1]
     mine = _fake_quant_per_channel(tf.constant(x), tf.constant(bound)).numpy()
     ref = _op(x, -bound, bound).numpy()
     np.testing.assert_array_equal(mine.view(np.int32), ref.view(np.int32))
+
+
+def test_one_subtraction_floors_as_the_kernels_two():
+    # `_fake_quant_per_channel` computes `floor(t - 126.5)` where the op
+    # computes `floor((t - 127) + 0.5)`, t in [-1, 255]. The two differ by
+    # under 1e-5 before the floor, so their floors can differ only for t
+    # that close to a half-integer: every float32 within 4096 ulps of each
+    # half-integer is checked (2 M values; the whole range was checked once).
+    halves = np.arange(-0.5, 255.0, 1.0, dtype=np.float32)
+    bits = halves.view(np.int32)[:, None] + np.arange(-4096, 4097, dtype=np.int32)
+    t = bits.ravel().view(np.float32)
+    t = t[(t >= -1.0) & (t <= 255.0)]
+    two = np.floor((t - np.float32(127.0)) + np.float32(0.5))
+    one = np.floor(t - np.float32(126.5))
+    np.testing.assert_array_equal(one, two)
+    assert t.size > 2_000_000
 
 
 def _op_types(fn, *args):
@@ -128,3 +147,28 @@ def test_activation_export_traces_the_op_without_a_custom_gradient():
         exported = _op_types(fq, spec)
     assert "IdentityN" in training and "IdentityN" not in exported
     assert "FakeQuantWithMinMaxVars" in exported
+
+
+def test_a_layer_reads_its_kernel_bound_once():
+    # Fake-quant needs the bound max|w| and the int32 bias the scale made of
+    # it: one pass over each kernel computes both (a second would cost as
+    # much as a third of the fake-quant forward).
+    import keras
+
+    from tfaccel import quantize
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(8, 3)(x)
+    model = keras.Model(inputs, x)
+    data = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    qat = quantize(model, calibration_data=data, bn_folding="moving")
+    graph = tf.function(lambda v: qat(v, training=True)).get_concrete_function(
+        tf.TensorSpec((2, 8, 8, 3))
+    ).graph
+    kernel_bounds = [op for op in graph.get_operations()
+                     if op.type == "Abs" and op.inputs[0].shape.rank == 4]
+    assert len(kernel_bounds) == 2
+    assert len([op for op in graph.get_operations() if op.type == "Round"]) >= 2  # the biases

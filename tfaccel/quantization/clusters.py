@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfaccel.quantization.quantizers import fake_quant_weight, weight_scale
+from tfaccel.quantization.quantizers import fake_quant_weight_and_scale
 
 __all__ = ["MAX_CLUSTERS", "ClusterPreserving", "kernel_clusters"]
 
@@ -138,17 +138,13 @@ class ClusterPreserving:
         return kernel
 
     def _fake_quant(self, folded, scale):
-        """Fake-quantize the folded kernel; clusters share one int8 grid."""
+        """The fake-quantized folded kernel and its int8 scale (one, or per
+        channel); clusters share one int8 grid."""
         if not self.preserve_clusters:
-            return fake_quant_weight(folded, self.weight_mode)
-        return _fake_quant_bound(folded, self.weight_mode, self._cluster_bound(scale))
-
-    def _weight_scale(self, folded, scale):
-        """The int8 scale (one, or per channel) of `_fake_quant(folded, scale)`."""
-        if not self.preserve_clusters:
-            return weight_scale(folded, self.weight_mode)
+            return fake_quant_weight_and_scale(folded, self.weight_mode)
         bound = tf.maximum(self._cluster_bound(scale), 1e-8)  # as `_fake_quant_bound`
-        return (bound + bound) / 254.0
+        quantized = _fake_quant_bound(folded, self.weight_mode, bound)
+        return quantized, (bound + bound) / 254.0
 
     def _cluster_bound(self, scale):
         """The int8 bound of a clustered kernel (one, or per channel)."""

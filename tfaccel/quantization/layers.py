@@ -328,7 +328,7 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
     def quantized_kernel(self):
         """The kernel the int8 model holds (folded, masked, fake-quantized)."""
         folded, _, scale = self._fold()
-        return self._fake_quant(folded, scale)
+        return self._fake_quant(folded, scale)[0]
 
     def call(self, inputs, training=None):
         # A frozen BatchNormalization keeps its statistics, as in Keras.
@@ -341,11 +341,11 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         batch_fold = bn_training and self._batch_folding
         with full_precision():
             folded, folded_bias, scale = self._fold()
-            quantized = self._fake_quant(folded, scale)
+            quantized, weight_scale = self._fake_quant(folded, scale)
             if folded_bias is not None and (
                 not batch_fold or self.bn_freeze_step is not None
             ):
-                folded_bias = self._int32_bias(folded_bias, folded, scale)
+                folded_bias = self._int32_bias(folded_bias, weight_scale)
         bias = None if batch_fold else folded_bias
         mapping = [(self.layer.kernel, quantized)]
         if self.layer.bias is not None:
@@ -364,16 +364,14 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
                     self._update_moving_statistics(y, folded_bias, scale)
         return self.output_quantizer(y, training=training)  # ReLU/ReLU6 too
 
-    def _int32_bias(self, bias, folded, scale):
+    def _int32_bias(self, bias, weight_scale):
         """`bias` on the int32 grid of the int8 kernel, `input_scale *
         weight_scale`, when this layer's input is the output of a quantizer
         of the same model (see `input_quantizer`); else `bias`."""
         quantizer = input_quantizer(self)
         if quantizer is None:
             return bias
-        return quantize_bias(
-            bias, quantizer.inference_scale(), self._weight_scale(folded, scale)
-        )
+        return quantize_bias(bias, quantizer.inference_scale(), weight_scale)
 
     def _forward(self, inputs):
         """The wrapped layer on `inputs` (its kernel substituted).
