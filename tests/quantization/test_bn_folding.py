@@ -1,5 +1,7 @@
 """Batch-statistics BatchNorm folding (`bn_folding="batch"`, Jacob et al. 2018)."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -134,6 +136,30 @@ def test_auto_keeps_the_moving_fold_for_a_trained_model(digits):
     assert not any(hasattr(w, "bn_folding_step") for w in qat.layers)
     forced = quantize(model, bn_folding="batch")
     assert sum(hasattr(w, "bn_folding_step") for w in forced.layers) == 2
+
+
+def test_a_bias_the_batch_mean_removes_gets_a_zero_gradient_and_no_warning():
+    # ResNet50's convolutions have a bias before their BatchNorm: with batch
+    # folding (and no freeze step) it does not change the output, and Keras
+    # warned "Gradients do not exist for variables [...]" naming each one.
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, bias_initializer="random_normal")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    qat = quantize(keras.Model(inputs, outputs), bn_folding="batch")
+    wrapper = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
+    bias = wrapper.layer.bias
+    before = bias.numpy().copy()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(qat(_inputs(), training=True) ** 2)
+    grad = tape.gradient(loss, bias)
+    assert grad is not None and not np.any(grad.numpy())
+    qat.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qat.fit(_inputs(), np.ones((16, 2), "float32"), epochs=2, verbose=0)
+    assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
+    np.testing.assert_array_equal(bias.numpy(), before)
 
 
 def test_bad_arguments_are_named():

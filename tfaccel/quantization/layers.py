@@ -404,6 +404,12 @@ class QuantizeWrapper(ClusterPreserving, keras.layers.Wrapper):
         shift = -c * mean
         if bn.center:
             shift = shift + bn.beta
+        if self.layer.bias is not None and self.bn_freeze_step is None:
+            # The batch mean removes the bias (BatchNorm's output does not
+            # depend on it): its gradient is zero, as float training's is up
+            # to rounding. Tied in here (C values), so that Keras does not
+            # warn that the bias of every such convolution has no gradient.
+            shift = shift + 0.0 * tf.cast(self.layer.bias, shift.dtype)
         step = tf.convert_to_tensor(self.bn_folding_step)
         if self.bn_freeze_step is not None:
             frozen = step >= self.bn_freeze_step
