@@ -63,6 +63,42 @@ def test_input_quantizer_is_found_through_layers_that_keep_the_scale(tmp_path):
     np.testing.assert_array_equal(back.predict(x, verbose=0), qat.predict(x, verbose=0))
 
 
+def test_a_loaded_nested_sequential_finds_its_links_and_computes_the_same(tmp_path):
+    # Loading builds a nested Sequential more than once, so its layers have
+    # several inbound nodes; the links (int32 biases, pooling grids) must be
+    # found through all of them, or the loaded model computed 1e-3 apart.
+    keras.utils.set_random_seed(4)
+    bias = keras.initializers.RandomNormal(0.0, 0.3, seed=5)
+    block = keras.Sequential([
+        keras.Input((12, 12, 3)),
+        keras.layers.Conv2D(8, 3, padding="same", bias_initializer=bias, name="c1"),
+        keras.layers.ReLU(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 3, padding="same", bias_initializer=bias, name="c2"),
+        keras.layers.ReLU(),
+    ], name="features")
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.GlobalAveragePooling2D()(block(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, bias_initializer=bias)(x))
+    qat = quantize(model, calibration_data=_data())
+    path = os.path.join(tmp_path, "nested.keras")
+    qat.save(path)
+    back = keras.models.load_model(path)
+
+    def links(m):  # for each inner layer: the layer whose quantizer it reads
+        inner = m.get_layer("features").layers
+        owner = {id(layer.output_quantizer): layer.name
+                 for layer in inner if hasattr(layer, "output_quantizer")}
+        return [owner.get(id(input_quantizer(layer))) for layer in inner]
+
+    pooling = back.get_layer("features").layers[1]
+    assert len(pooling._inbound_nodes) > 1  # what loading does
+    assert links(back) == links(qat)
+    assert links(qat) == [None, "quant_c1", "quant_c1"]  # conv, pool, conv
+    x = _data()[:16]
+    np.testing.assert_array_equal(back.predict(x, verbose=0), qat.predict(x, verbose=0))
+
+
 def test_bias_is_the_files_int32_bias():
     qat = quantize(_model(), calibration_data=_data())
     it = tfl.interpreter(tfl.to_int8_tflite(qat, int8_io=False))

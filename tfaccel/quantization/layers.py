@@ -82,28 +82,49 @@ def centered_moments(y):
 def input_quantizer(layer) -> ActivationQuantizer | None:
     """The quantizer whose int8 tensor `layer` reads in its functional model.
 
-    Follows `layer`'s one inbound node up through layers that keep the
-    scale (padding, pooling, reshapes, dropout: the "passthrough" kind) to
-    an `ActivationQuantizer`, or a layer's `output_quantizer`. None where
-    there is no single such producer: a layer called outside a functional
-    model, or on several inputs, or shared between call sites.
+    Follows `layer`'s inbound nodes up through layers that keep the scale
+    (padding, pooling, reshapes, dropout: the "passthrough" kind) to an
+    `ActivationQuantizer`, or a layer's `output_quantizer`. A layer with
+    several inbound nodes reads that quantizer if every node leads to it:
+    a layer of a nested `Sequential` loaded from a `.keras` file has a node
+    for each time the `Sequential` was built, and the links must be found
+    again there, or the loaded model computes its biases and poolings off
+    the int8 grid the saved one used. None where there is no single such
+    producer: a layer called outside a functional model, on several
+    inputs, or at call sites reading different tensors.
     """
+    return _quantizer_read(layer, {}, 64)
+
+
+def _quantizer_read(layer, seen: dict, depth: int) -> ActivationQuantizer | None:
+    """`input_quantizer(layer)`; `seen` holds the answers for the layers
+    already walked (nodes of one layer often share their producers)."""
     from tfaccel.quantization.registry import quantize_kind
 
+    if id(layer) in seen:
+        return seen[id(layer)]
     nodes = getattr(layer, "_inbound_nodes", None) or []
-    for _ in range(64):  # a chain of pass-through layers, not a cycle
-        if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
-            return None
-        producer = nodes[0].parent_nodes[0].operation
+    found = None
+    for node in nodes:
+        if len(node.parent_nodes) != 1 or depth == 0:  # not a cycle: a bound
+            found = None
+            break
+        producer = node.parent_nodes[0].operation
+        output_quantizer = getattr(producer, "output_quantizer", None)
         if isinstance(producer, ActivationQuantizer):
-            return producer
-        found = getattr(producer, "output_quantizer", None)
-        if isinstance(found, ActivationQuantizer):
-            return found
-        if isinstance(producer, keras.Model) or quantize_kind(producer) != "passthrough":
-            return None
-        nodes = producer._inbound_nodes
-    return None
+            this = producer
+        elif isinstance(output_quantizer, ActivationQuantizer):
+            this = output_quantizer
+        elif isinstance(producer, keras.Model) or quantize_kind(producer) != "passthrough":
+            this = None
+        else:
+            this = _quantizer_read(producer, seen, depth - 1)
+        if this is None or (found is not None and this is not found):
+            found = None
+            break
+        found = this
+    seen[id(layer)] = found
+    return found
 
 
 def update_moving_statistics(bn, mean, var) -> None:
