@@ -33,7 +33,7 @@ def coverage():
 
 
 def _row(coverage, name, tmp_path):
-    args = argparse.Namespace(train=64, test=32, float_steps=2, qat_steps=2)
+    args = argparse.Namespace(train=64, test=32, float_steps=8, qat_steps=2)
     side = coverage.TfaccelRow(coverage.ROWS[name], args, str(tmp_path))
     side.setup()
     return side
