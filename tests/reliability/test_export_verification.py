@@ -60,7 +60,17 @@ def test_wrong_scale_int8_without_tolerance_warns(tmp_path, digits):
         )
     assert report.agreement < 0.9
     assert any("on only" in note for note in report.notes)
+    assert not any("samples" in note for note in report.notes)  # 200 are enough
     assert (tmp_path / "m.tflite").exists()  # a warning, not a rejection
+    # Few calibration samples are named as a cause too.
+    with pytest.warns(TfaccelWarning, match=r"representative_data held 20 samples"):
+        export_tflite(
+            model,
+            tmp_path / "few.tflite",
+            "int8",
+            representative_data=x_train[:20] * 255.0,
+            verification_data=x_test[:200],
+        )
 
 
 def test_file_is_validated_before_the_interpreter_reads_it(tmp_path, monkeypatch):

@@ -249,7 +249,11 @@ def export_tflite(
         report.conversion_seconds = seconds
         report.notes = notes
         if samples is not None:
-            verify_file(out.tmp, model, samples, report, limits, path)
+            calibrated = quantization == "int8" and not qat and representative is not None
+            verify_file(
+                out.tmp, model, samples, report, limits, path,
+                calibration_samples=len(representative[0]) if calibrated else None,
+            )
         out.commit()
     return report
 
