@@ -50,8 +50,8 @@ def kernel_clusters(kernel) -> int:
 
 
 def _fake_quant_bound(weight, mode: str, bound):
-    """`fake_quant_weight` with a given bound (scalar, or one per channel)."""
-    bound = tf.maximum(bound, 1e-8)
+    """`fake_quant_weight` with a given positive bound (scalar, or one per
+    channel)."""
     if mode == "per_tensor":
         return tf.quantization.fake_quant_with_min_max_vars(
             weight, -bound, bound, num_bits=8, narrow_range=True
@@ -142,7 +142,7 @@ class ClusterPreserving:
         channel); clusters share one int8 grid."""
         if not self.preserve_clusters:
             return fake_quant_weight_and_scale(folded, self.weight_mode)
-        bound = tf.maximum(self._cluster_bound(scale), 1e-8)  # as `_fake_quant_bound`
+        bound = tf.maximum(self._cluster_bound(scale), 1e-8)  # an all-zero kernel too
         quantized = _fake_quant_bound(folded, self.weight_mode, bound)
         return quantized, (bound + bound) / 254.0
 
