@@ -36,7 +36,7 @@ def _ops(it):
     return [name for name, _, _ in tfl.ops_with_tensors(it)]
 
 
-def _int8_parity(qat, x, min_agreement=0.99):
+def _int8_parity(qat, x, min_agreement=0.99, mean_error=0.01):
     """Convert `qat`; check it is integer and agrees with Keras on `x`.
 
     The int8 kernels requantize with fixed-point multipliers, so a tensor
@@ -51,7 +51,7 @@ def _int8_parity(qat, x, min_agreement=0.99):
     step = it.get_output_details()[0]["quantization"][0]
     error = np.abs(got - want)
     assert error.max() <= 4 * step
-    assert error.mean() <= 0.01 * want.std()
+    assert error.mean() <= mean_error * want.std()
     if want.ndim == 2 and want.shape[1] > 1:
         # Tie-aware, as `export_tflite` verifies: an exact tie in the Keras
         # output lets the file pick either class.
@@ -363,8 +363,11 @@ def test_convnext_layer_scale_is_one_int8_mul_and_trains(digits, tmp_path):
     assert not np.allclose(scale.layer.gamma.numpy(), before)  # gamma trains
     # The int8 LayerNorm and GELU kernels differ from the QAT model by an
     # output step or two; the classes they flip are a step apart (measured:
-    # the same with and without the LayerScale).
-    it = _int8_parity(qat, digits[0][:128], min_agreement=0.98)
+    # the same with and without the LayerScale). A third of the logits are
+    # a step off: the mean error measured 0.998% of their spread (c18b6b0)
+    # and 1.036% once the range nudge computed the same in a graph as
+    # eagerly (its last bits change the training), so 1.5% here.
+    it = _int8_parity(qat, digits[0][:128], min_agreement=0.98, mean_error=0.015)
     ops = _ops(it)
     # LayerNorm: 3 MUL, 2 ADD (see tfaccel.quantization.layernorm); the
     # LayerScale one MUL; the residual one ADD.

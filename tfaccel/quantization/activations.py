@@ -16,6 +16,7 @@ from keras import ops
 
 from tfaccel.quantization.quantizers import (
     activation_scale,
+    exporting,
     fake_quant_activation,
     fixed_activation_range,
 )
@@ -121,18 +122,15 @@ class ActivationQuantizer(keras.layers.Layer):
             x = _activate(x, relu)
             y = fake_quant_activation(x, *self.fixed_range, range_gradient=False)
             return tf.cast(y, inputs.dtype)
-        old_max = tf.convert_to_tensor(self.range_max)
-        if relu is not None:
-            # After the activation the range's minimum is 0: a Python 0.0,
-            # so the nudge is traced in its closed form (`range_min` stays 0).
-            old_min = 0.0
-            seen = tf.not_equal(old_max, 0.0)
-        else:
-            old_min = tf.convert_to_tensor(self.range_min)
-            seen = tf.logical_or(tf.not_equal(old_min, 0.0), tf.not_equal(old_max, 0.0))
         if not (training or self.calibrating):
             x = _activate(x, relu)
-            return tf.cast(fake_quant_activation(x, old_min, old_max), inputs.dtype)
+            return tf.cast(fake_quant_activation(x, *self.inference_range()), inputs.dtype)
+        # After the activation the range's minimum is 0: a Python 0.0, so
+        # the nudge is traced in its closed form (`range_min` stays 0).
+        old_min, old_max = self.inference_range()
+        seen = tf.not_equal(old_max, 0.0)
+        if relu is None:
+            seen = tf.logical_or(tf.not_equal(old_min, 0.0), seen)
         batch_max = tf.stop_gradient(tf.maximum(tf.reduce_max(x), 0.0))
         if relu == "relu6":
             batch_max = tf.minimum(batch_max, 6.0)
@@ -163,9 +161,24 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def inference_range(self):
         """`(low, high)`: the range this quantizer rounds to at inference
-        (before the nudge `fake_quant_activation` applies)."""
+        (before the nudge `fake_quant_activation` applies).
+
+        In the graph traced for the converter (`exporting()`) it is read
+        now, as Python floats: `fake_quant_activation` nudges them once,
+        eagerly, to the float32 values the model's graph computes (the
+        nudge is written so that grappler leaves it alone), and the graph
+        holds two constants instead of the nudge's ~25 ops. The converter
+        freezes the variables to these values anyway; the smaller graph
+        traces and saves faster (EfficientNetB0: 20,533 ops, 5,826 without,
+        and an export traces it three times).
+        """
         if self.fixed_range is not None:
             return self.fixed_range
+        if exporting():
+            with tf.init_scope():
+                high = float(self.range_max.numpy())
+                low = 0.0 if self.activation is not None else float(self.range_min.numpy())
+            return low, high
         low = 0.0 if self.activation is not None else tf.convert_to_tensor(self.range_min)
         return low, tf.convert_to_tensor(self.range_max)
 
@@ -302,7 +315,6 @@ class QuantizedActivation(keras.layers.Layer):
         to the converter."""
         from tfaccel.quantization.hard_swish import tflite_hard_swish
         from tfaccel.quantization.layers import input_quantizer
-        from tfaccel.quantization.quantizers import exporting
 
         source = self._input_grid() if self._input_grid is not None else input_quantizer(self)
         if source is None or exporting():

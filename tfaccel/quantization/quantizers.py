@@ -50,6 +50,19 @@ def _weight_bound(absmax):
     )
 
 
+def _div(x, y):
+    """`x / y` for `y != 0`, which grappler's constant folding leaves alone:
+    inside a graph it rewrites `x / c` and `(x / c) * c` with constant `c`
+    into other float32 arithmetic (a reciprocal multiply, `x * 1`), so the
+    same nudge gave other last bits in a `tf.function` than eagerly."""
+    return tf.math.divide_no_nan(x, y)
+
+
+def _mul(x, y):
+    """`x * y` for finite `y`, out of grappler's constant folding (`_div`)."""
+    return tf.math.multiply_no_nan(x, y)
+
+
 def _nudge(low, high, quant_min: float = 1.0, quant_max: float = 255.0):
     """TF's FakeQuant `Nudge` in TF ops: `(nudged_min, nudged_max, scale, inv)`.
 
@@ -57,8 +70,8 @@ def _nudge(low, high, quant_min: float = 1.0, quant_max: float = 255.0):
     arithmetic as the kernel (including its separately computed inverse
     scale), so what is computed from them below is the op's, bit for bit.
     """
-    scale = (high - low) / (quant_max - quant_min)
-    inv_scale = (quant_max - quant_min) / (high - low)
+    scale = _div(high - low, quant_max - quant_min)
+    inv_scale = _div(quant_max - quant_min, high - low)
     zero_from_min = quant_min - low / scale
     # std::round (half away from zero) of a value >= quant_min > 0;
     # `v - floor(v)` is exact, `floor(v + 0.5)` is not.
@@ -313,7 +326,7 @@ def _op_range(low, high):
         # After a ReLU: the nudge of `[0, high]` keeps zero point 0 and is
         # `[0, 255 * (high / 255)]`, the general nudge's float32 values.
         high = tf.maximum(high, 0.0)
-        return 0.0, tf.where(high > 0.0, (high / 255.0) * 255.0, high)
+        return 0.0, tf.where(high > 0.0, _mul(_div(high, 255.0), 255.0), high)
     return _nudged_range(low, high)
 
 
@@ -355,7 +368,7 @@ def activation_grid(low, high):
     the step with an empty range's 0 replaced by 1, to divide by."""
     low, high = _op_range(low, high)
     low = tf.cast(low, tf.float32)
-    scale = (tf.cast(high, tf.float32) - low) / 255.0
+    scale = _div(tf.cast(high, tf.float32) - low, 255.0)
     return low, scale, tf.where(scale > 0.0, scale, tf.ones_like(scale))
 
 
