@@ -24,8 +24,8 @@ def _ranges(n=150):
 def test_the_nudge_is_the_same_in_a_graph_as_eagerly():
     # Grappler's constant folding rewrote `x / 255` and `(x / 255) * 255`
     # inside a graph: the nudged range and scale of a model's graph then
-    # differed in the last bit from the same ops run eagerly (about two
-    # thirds of these ranges), and from the constants the export hands the
+    # differed in the last bit from the same ops run eagerly (221 of
+    # these 303 ranges), and from the constants the export hands the
     # converter.
     low_var, high_var = tf.Variable(0.0), tf.Variable(0.0)
 
@@ -56,20 +56,27 @@ def test_the_nudge_is_the_same_in_a_graph_as_eagerly():
 def test_the_export_graph_reads_each_range_as_two_constants():
     inputs = keras.Input((4,))
     q = ActivationQuantizer(name="q")
-    model = keras.Model(inputs, q(inputs))
+    r = ActivationQuantizer(activation="relu6", name="r")
+    model = keras.Model(inputs, r(q(inputs)))
     q.range_min.assign(-1.3)
     q.range_max.assign(2.9)
+    r.range_max.assign(2.3)  # after a ReLU: the closed-form nudge in a graph
     x = tf.constant([[-2.0, -0.5, 0.77, 3.0]])
     with for_export():
         assert q.inference_range() == (np.float32(-1.3), np.float32(2.9))
+        assert r.inference_range() == (0.0, np.float32(2.3))
         graph = tf.function(lambda v: model(v, training=False)).get_concrete_function(
             tf.TensorSpec((1, 4), tf.float32)).graph
-        (op,) = [o for o in graph.get_operations() if o.type == "FakeQuantWithMinMaxVars"]
-        assert [t.op.type for t in op.inputs[1:]] == ["Const", "Const"]
+        fake_quants = [o for o in graph.get_operations() if o.type == "FakeQuantWithMinMaxVars"]
+        assert len(fake_quants) == 2
+        for op in fake_quants:
+            assert [t.op.type for t in op.inputs[1:]] == ["Const", "Const"]
         exported = model(x, training=False)
     # The model's own graph, reading the variables, computes the same.
     trained = tf.function(lambda v: model(v, training=False))(x)
     np.testing.assert_array_equal(exported, trained)
+    np.testing.assert_array_equal(
+        tf.function(lambda: r.inference_scale())(), r.inference_scale())
     # Nothing about the ranges is cached: a new range is read at the next trace.
     q.range_max.assign(5.1)
     with for_export():

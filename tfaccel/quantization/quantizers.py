@@ -54,7 +54,9 @@ def _div(x, y):
     """`x / y` for `y != 0`, which grappler's constant folding leaves alone:
     inside a graph it rewrites `x / c` and `(x / c) * c` with constant `c`
     into other float32 arithmetic (a reciprocal multiply, `x * 1`), so the
-    same nudge gave other last bits in a `tf.function` than eagerly."""
+    same nudge gave other last bits in a `tf.function` than eagerly. (A
+    zero `y` gives 0, not inf: the callers pass an empty range's width as
+    1 and mask the result.)"""
     return tf.math.divide_no_nan(x, y)
 
 
