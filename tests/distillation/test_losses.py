@@ -101,7 +101,9 @@ def test_soft_target_is_nonnegative_and_zero_on_agreement(logits, temperature):
     same = keras.ops.convert_to_numpy(loss.per_sample(logits, logits))
     np.testing.assert_allclose(same, 0.0, atol=1e-5)
     shifted = keras.ops.convert_to_numpy(loss.per_sample(logits, logits[::-1]))
-    assert np.all(shifted >= -1e-5)
+    # Nonnegative up to float32 rounding, which the T**2 factor scales:
+    # logits [0.0039, 0, 0, 0, 0] against zeros at T = 13 give -1.4e-5.
+    assert np.all(shifted >= -2e-6 * max(1.0, temperature**2))
 
 
 def test_soft_target_serialization():

@@ -14,7 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfaccel.quantization.quantizers import fake_quant_weight_and_scale
+from tfaccel.quantization.quantizers import (
+    bound_scale,
+    fake_quant_weight_and_scale,
+    weight_bound,
+)
 
 __all__ = ["MAX_CLUSTERS", "ClusterPreserving", "kernel_clusters"]
 
@@ -137,14 +141,22 @@ class ClusterPreserving:
             kernel = tf.where(tf.equal(values, 0.0), tf.zeros_like(kernel), kernel)
         return kernel
 
-    def _fake_quant(self, folded, scale):
+    def _fake_quant(self, folded, scale, bound=None):
         """The fake-quantized folded kernel and its int8 scale (one, or per
-        channel); clusters share one int8 grid."""
+        channel); clusters share one int8 grid. `bound`: `_weight_bound`'s,
+        if already computed."""
         if not self.preserve_clusters:
-            return fake_quant_weight_and_scale(folded, self.weight_mode)
-        bound = tf.maximum(self._cluster_bound(scale), 1e-8)  # an all-zero kernel too
+            return fake_quant_weight_and_scale(folded, self.weight_mode, bound)
+        if bound is None:
+            bound = self._weight_bound(folded, scale)
         quantized = _fake_quant_bound(folded, self.weight_mode, bound)
-        return quantized, (bound + bound) / 254.0
+        return quantized, bound_scale(bound)
+
+    def _weight_bound(self, folded, scale):
+        """The int8 bound of the folded kernel (one, or per channel)."""
+        if not self.preserve_clusters:
+            return weight_bound(folded, self.weight_mode)
+        return tf.maximum(self._cluster_bound(scale), 1e-8)  # an all-zero kernel too
 
     def _cluster_bound(self, scale):
         """The int8 bound of a clustered kernel (one, or per channel)."""

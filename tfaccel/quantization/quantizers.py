@@ -222,21 +222,39 @@ def fake_quant_weight(weight, mode: str):
     return fake_quant_weight_and_scale(weight, mode)[0]
 
 
-def fake_quant_weight_and_scale(weight, mode: str):
-    """`fake_quant_weight(weight, mode)` and its int8 scale (per output
-    channel, or one): `2 * bound / 254`, the step of the symmetric narrow
-    range, as the converter derives it. A QAT layer whose bias goes on the
-    int32 grid needs both; the bound `max|w|` is computed once (a second
-    computation is a second pass over the kernel)."""
+def _check_mode(mode: str) -> None:
     if mode not in _WEIGHT_MODES:
         raise ValueError(
             "`mode` must be one of 'per_tensor', 'per_channel', 'depthwise', "
             "'transpose'. "
             f"Received: mode={mode!r}"
         )
+
+
+def weight_bound(weight, mode: str):
+    """The int8 bound `fake_quant_weight(weight, mode)` quantizes to:
+    `max|w|` per output channel or per tensor (1 for an all-zero one)."""
+    _check_mode(mode)
+    return _bound(_channel_view(tf.convert_to_tensor(weight), mode), mode)
+
+
+def bound_scale(bound):
+    """The int8 scale of weights quantized with `bound`: `2 * bound / 254`,
+    the step of the symmetric narrow range, as the converter derives it."""
+    return (bound + bound) / 254.0
+
+
+def fake_quant_weight_and_scale(weight, mode: str, bound=None):
+    """`fake_quant_weight(weight, mode)` and its int8 scale (per output
+    channel, or one, `bound_scale`). A QAT layer whose bias goes on the
+    int32 grid needs both; the bound `max|w|` is computed once (a second
+    computation is a second pass over the kernel), or given as `bound`
+    when known (`weight_bound`)."""
+    _check_mode(mode)
     weight = tf.convert_to_tensor(weight)
-    bound = _bound(_channel_view(weight, mode), mode)
-    scale = (bound + bound) / 254.0
+    if bound is None:
+        bound = _bound(_channel_view(weight, mode), mode)
+    scale = bound_scale(bound)
     if _FOR_EXPORT.get():
         return _quantize_weight(weight, mode, bound, _per_channel_op), scale
 
