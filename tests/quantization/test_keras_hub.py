@@ -133,6 +133,22 @@ def test_vit_blocks_quantize_and_export_int8(vit, digits):
     assert report.ops["CONV_2D"] == {"int8": 1}  # the patch embedding
 
 
+def test_a_fresh_bert_converts_after_calibration_alone(digits, tmp_path):
+    # Untrained LayerNorms (beta = 0): the converter drops ADD(y, 0) and
+    # kept the "normalized" and "output" ranges on one tensor, which
+    # calibration leaves apart (scales 0.025555 and 0.025597): it rejected
+    # the RESHAPE after the embeddings' LayerNorm ("same scale
+    # constraint"). The export traces the output's range alone there.
+    keras.utils.set_random_seed(0)
+    x_train, _, x_test, _ = digits
+    qat = quantize(_bert(), calibration_data=_tokens(x_train[:64]))
+    report = export_tflite(qat, str(tmp_path / "fresh.tflite"), quantization="int8",
+                           verification_data=_tokens(x_test[:128]))
+    assert set(report.ops["FULLY_CONNECTED"]) == {"int8"}
+    assert set(report.ops["BATCH_MATMUL"]) == {"int8"}
+    assert report.agreement >= 0.95, str(report)
+
+
 @pytest.mark.parametrize("name", ["bert", "vit"])
 def test_keras_round_trip_of_qat_model(name, request, digits, tmp_path):
     qat = request.getfixturevalue(name)[0]

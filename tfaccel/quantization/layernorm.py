@@ -51,7 +51,7 @@ from tfaccel.export.prepare import register_conversion_context
 from tfaccel.graph import Replacement
 from tfaccel.quantization.activations import ActivationQuantizer
 from tfaccel.quantization.affine import _fake_quant_constant as _constant
-from tfaccel.quantization.quantizers import fake_quant_activation
+from tfaccel.quantization.quantizers import exporting, fake_quant_activation
 from tfaccel.quantization.registry import register_qat_layer
 
 __all__ = ["QuantizedLayerNormalization"]
@@ -135,17 +135,27 @@ class QuantizedLayerNormalization(keras.layers.LayerNormalization):
         centered = q("centered")(x - mean)
         squared = q("squared")(centered * centered)
         variance = q("variance")(tf.reduce_mean(squared, axis=-1, keepdims=True))
-        epsilon = _constant(tf.constant(self.epsilon, "float32"))
+        epsilon = _constant(lambda: tf.constant(self.epsilon, "float32"))
         shifted = q("shifted")(variance + epsilon)
         scale = self._inverse_std(shifted, training)
         if self.gamma is not None:
             # gamma joins the per-token (B, T, 1) factor: a broadcasting MUL
             # the converter keeps even for gamma = 1 (see the module doc).
-            scale = q("scale")(scale * _constant(self.gamma))
-        y = q("normalized")((x if self.rms_scaling else centered) * scale)
+            scale = q("scale")(scale * _constant(lambda: self.gamma))
+        y = (x if self.rms_scaling else centered) * scale
+        if self.beta is not None and exporting() and self._beta_is_zero():
+            # An untrained layer's beta is 0: the converter drops ADD(y, 0)
+            # and keeps both ranges on one tensor, which it rejects before a
+            # RESHAPE (BERT's next projection): the file gets the output's.
+            return tf.cast(q("output")(y), self.compute_dtype)
+        y = q("normalized")(y)
         if self.beta is not None:
-            y = q("output")(y + _constant(self.beta))
+            y = q("output")(y + _constant(lambda: self.beta))
         return tf.cast(y, self.compute_dtype)
+
+    def _beta_is_zero(self) -> bool:
+        with tf.init_scope():
+            return not bool(tf.reduce_any(tf.not_equal(self.beta, 0.0)))
 
     def _inverse_std(self, shifted, training):
         """RSQRT as TFLite's int8 kernel: an input of 0 gives the range's top."""
