@@ -121,23 +121,33 @@ def _has_offset(layer) -> bool:
     return True
 
 
-def _fake_quant_constant(compute):
-    """The MUL/ADD constant `compute()` as the int8 file holds it (per
-    tensor, asymmetric).
+def _fake_quant_constants(compute):
+    """The MUL/ADD constants `compute()` returns (a sequence of tensors),
+    each as the int8 file holds it (per tensor, asymmetric).
 
     While `export_tflite` traces (`exporting()`), `compute` runs eagerly and
-    the graph gets the value and its range as constants: the same numbers
+    the graph gets each value and its range as constants: the same numbers
     (the range's nudge computes the same eagerly as in a graph) without the
-    ~30 traced ops of the range and its nudge.
+    ~30 traced ops of each range and its nudge.
     """
     if not exporting():
-        value = tf.cast(compute(), "float32")
-        return fake_quant_activation(value, tf.reduce_min(value), tf.reduce_max(value))
+        values = [tf.cast(v, "float32") for v in compute()]
+        return [
+            fake_quant_activation(v, tf.reduce_min(v), tf.reduce_max(v)) for v in values
+        ]
     with tf.init_scope():
-        value = np.asarray(ops.convert_to_numpy(tf.cast(compute(), "float32")))
-    return fake_quant_activation(
-        tf.constant(value), float(value.min()), float(value.max())
-    )
+        values = [
+            np.asarray(ops.convert_to_numpy(tf.cast(v, "float32"))) for v in compute()
+        ]
+    return [
+        fake_quant_activation(tf.constant(v), float(v.min()), float(v.max()))
+        for v in values
+    ]
+
+
+def _fake_quant_constant(compute):
+    """The one constant `compute()` returns (`_fake_quant_constants`)."""
+    return _fake_quant_constants(lambda: (compute(),))[0]
 
 
 @keras.saving.register_keras_serializable(package="tfaccel")
@@ -215,12 +225,9 @@ class QuantizeAffineWrapper(keras.layers.Wrapper):
         ):
             self._update_moving_statistics(inputs)
         with full_precision():
-            scale = _fake_quant_constant(lambda: affine_parts(layer)[0])
-            offset = (
-                _fake_quant_constant(lambda: affine_parts(layer)[1])
-                if self.has_offset
-                else None
-            )
+            count = 2 if self.has_offset else 1
+            scale, *offset = _fake_quant_constants(lambda: affine_parts(layer)[:count])
+        offset = offset[0] if offset else None
         y = inputs * ops.cast(scale, inputs.dtype)
         if offset is not None:
             y = self.multiply_quantizer(y, training=training)

@@ -253,7 +253,7 @@ def fake_quant_weight_and_scale(weight, mode: str, bound=None):
     _check_mode(mode)
     weight = tf.convert_to_tensor(weight)
     if bound is None:
-        bound = _bound(_channel_view(weight, mode), mode)
+        bound = weight_bound(weight, mode)
     scale = bound_scale(bound)
     if _FOR_EXPORT.get():
         return _quantize_weight(weight, mode, bound, _per_channel_op), scale
