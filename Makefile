@@ -10,10 +10,16 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo test bench lint docs clean
 
+# TensorFlow's wheel is ~570 MB: pip resumes an interrupted download, and
+# the whole install is tried again (3 times in all) before it gives up.
 $(VENV)/.installed-%: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$*]"
+	for attempt in 1 2 3; do \
+	  $(PY) -m pip install -q --resume-retries 20 -e ".[$*]" && break; \
+	  test $$attempt -lt 3 || exit 1; \
+	  echo "pip install failed (attempt $$attempt of 3); retrying in 30 s"; sleep 30; \
+	done
 	touch $@
 
 demo: $(VENV)/.installed-bench
