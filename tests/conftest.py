@@ -6,6 +6,7 @@ replicas without a GPU (see shared STACK.md). Single-device code keeps
 running on /cpu:0.
 """
 
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +25,12 @@ except RuntimeError:  # already initialized by another plugin
 import keras  # noqa: E402
 
 from tests.tiny_models import load_digits_split, make_cnn  # noqa: E402
+
+# TensorFlow and Keras import ~370,000 objects that live as long as the
+# process. Frozen, they are left out of the full collection that
+# `keras.backend.clear_session()` runs after every test (0.23 s each
+# otherwise: about a sixth of the suite's time).
+gc.freeze()
 
 
 @pytest.fixture(autouse=True)

@@ -261,12 +261,6 @@ def test_unreadable_model_files_exit_3(tmp_path, capsys, kind, match):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["export", "{m}", "-o", "{t}/x.tflite", "--int8"],
-         "needs calibration data"),
-        (["export", "{m}", "-o", "{t}/x.tflite", "--input-type", "int8"],
-         "--input-type/--output-type int8 needs --int8"),
-        (["export", "{m}", "-o", "{t}/x.tflite", "--float16",
-          "--calibration", "{c}"], "--calibration is only used by --int8"),
         (["export", "{m}", "-o", "{t}/x.tflite", "--int8",
           "--calibration", "{t}/missing.npy"], "--calibration: file not found"),
         (["export", "{m}", "-o", "{t}/x.tflite", "--int8",
@@ -289,6 +283,42 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, args, match):
     assert code == 2
     assert re.search(match, one_error_line(err))
     assert not (tmp_path / "x.tflite").exists()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--int8"], "--int8 on a float model needs calibration data"),
+        (["--input-type", "int8"], "--input-type/--output-type int8 needs --int8"),
+        (["--dynamic", "--calibration", "{c}"], "--calibration is only used by --int8"),
+    ],
+)
+def test_a_plain_models_option_errors_come_before_the_conversion_child(
+        files, tmp_path, capsys, monkeypatch, args, match):
+    # Read off the file's config: no TensorFlow child is started for them.
+    def no_child(*_, **__):
+        raise AssertionError("the conversion child was started")
+
+    monkeypatch.setattr(cli.export, "run_contained", no_child)
+    argv = [a.format(c=files / "calib.npy") for a in args]
+    code, _, err = run(capsys, "export", files / "cnn.keras", "-o", tmp_path / "x.tflite",
+                       *argv)
+    assert code == 2
+    assert re.search(match, one_error_line(err))
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_a_config_naming_a_tfaccel_class_at_any_depth_is_left_to_the_child():
+    # Such a model (QAT, pruned, ...) is checked once loaded.
+    nested = {"config": {"layers": [
+        {"class_name": "Dense", "registered_name": None},
+        {"class_name": "Functional", "config": {"layers": [
+            {"class_name": "QuantizeWrapper", "registered_name": "tfaccel>QuantizeWrapper"},
+        ]}},
+    ]}}
+    assert cli.export._uses_tfaccel(nested)
+    nested["config"]["layers"][1]["config"]["layers"][0]["registered_name"] = "my>Layer"
+    assert not cli.export._uses_tfaccel(nested)
 
 
 @pytest.mark.parametrize(

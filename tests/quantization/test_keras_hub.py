@@ -64,19 +64,28 @@ def _vit():
     return keras.Model(inputs, keras.layers.Dense(10)(backbone(inputs)[:, 0]))
 
 
-def _qat(model_fn, x_train, y_train):
-    """QAT from scratch: quantize the new model, a few epochs of `fit`."""
+def _qat(model_fn, x_train, y_train, float_epochs=0):
+    """QAT of a new model, or of one trained `float_epochs` in float first."""
     keras.utils.set_random_seed(0)
+    model = model_fn()
+    if float_epochs:
+        compile_classifier(model).fit(x_train, y_train, epochs=float_epochs,
+                                      batch_size=64, verbose=0)
     calibration = keras.tree.map_structure(lambda a: a[:64], x_train)
-    qat = compile_classifier(quantize(model_fn(), calibration_data=calibration))
-    qat.fit(x_train, y_train, epochs=6, batch_size=64, verbose=0)
+    qat = compile_classifier(quantize(model, calibration_data=calibration),
+                             lr=1e-3 if float_epochs else 3e-3)
+    qat.fit(x_train, y_train, epochs=1 if float_epochs else 6, batch_size=64, verbose=0)
     return qat
 
 
 @pytest.fixture(scope="module")
 def bert(digits, tmp_path_factory):
     x_train, y_train, x_test, _ = digits
-    qat = _qat(_bert, _tokens(x_train), y_train)
+    # QAT from scratch leaves this BERT at chance (8% held-out after 6
+    # epochs; float training learns slowly from ink-count tokens too), and
+    # a model at chance makes top-1 agreement with its file a weak check:
+    # float training first, then one epoch of QAT fine-tuning.
+    qat = _qat(_bert, _tokens(x_train), y_train, float_epochs=10)
     path = str(tmp_path_factory.mktemp("hub") / "bert.tflite")
     report = export_tflite(qat, path, quantization="int8", verification_data=_tokens(x_test))
     return qat, path, report
@@ -91,7 +100,7 @@ def vit(digits, tmp_path_factory):
     return qat, path, report
 
 
-def _check_int8_export(qat, path, report, x):
+def _check_int8_export(qat, path, report, x, y, min_accuracy):
     for op in KERNEL_OPS:
         assert set(report.ops[op]) == {"int8"}, (op, report.ops[op])
     assert report.ops["FULLY_CONNECTED"]["int8"] >= 12  # 2 blocks x (4 + 2), head
@@ -109,6 +118,8 @@ def _check_int8_export(qat, path, report, x):
         for i in range(n)
     ])
     want = np.asarray(qat(x, training=False))
+    # A model that learned: agreement with a model at chance checks little.
+    assert (np.argmax(want, -1) == y).mean() >= min_accuracy
     top2 = np.sort(want, -1)[:, -2:]
     untied = top2[:, 1] > top2[:, 0]
     assert untied.mean() > 0.9
@@ -121,7 +132,7 @@ def test_bert_encoder_blocks_quantize_and_export_int8(bert, digits):
     qat, path, report = bert
     wrapped = [w for w in all_layers(qat) if isinstance(w, QuantizedSublayers)]
     assert [type(w.layer).__name__ for w in wrapped] == ["TransformerEncoder"] * 2
-    _check_int8_export(qat, path, report, _tokens(digits[2]))
+    _check_int8_export(qat, path, report, _tokens(digits[2]), digits[3], 0.5)
 
 
 def test_vit_blocks_quantize_and_export_int8(vit, digits):
@@ -129,7 +140,7 @@ def test_vit_blocks_quantize_and_export_int8(vit, digits):
     names = {type(w.layer).__name__ for w in all_layers(qat)
              if isinstance(w, QuantizedSublayers)}
     assert names == {"ViTPatchingAndEmbedding", "ViTEncoder"}
-    _check_int8_export(qat, path, report, digits[2])
+    _check_int8_export(qat, path, report, digits[2], digits[3], 0.75)
     assert report.ops["CONV_2D"] == {"int8": 1}  # the patch embedding
 
 

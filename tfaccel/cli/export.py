@@ -147,6 +147,38 @@ def _check_modes(args: argparse.Namespace, qat: bool, has_calibration: bool) -> 
     return int8
 
 
+def _uses_tfaccel(config: Any) -> bool:
+    """Whether a `.keras` config names any class registered by tfaccel."""
+    if isinstance(config, dict):
+        name = config.get("registered_name")
+        if isinstance(name, str) and name.startswith("tfaccel>"):
+            return True
+        return any(_uses_tfaccel(value) for value in config.values())
+    if isinstance(config, list):
+        return any(_uses_tfaccel(value) for value in config)
+    return False
+
+
+def _check_plain_model(args: argparse.Namespace, config: dict) -> None:
+    """Refuses options a plain Keras model cannot take, from its config alone.
+
+    A model whose config names no tfaccel class is a float model: its
+    contradictory options are reported at once, before the conversion's
+    child process starts (seconds of TensorFlow start-up). A model with
+    tfaccel layers is checked in the child, once loaded.
+    """
+    if _uses_tfaccel(config):
+        return
+    if _check_modes(args, qat=False, has_calibration=bool(args.calibration)) and (
+        not args.calibration
+    ):
+        raise CliError(
+            "--int8 on a float model needs calibration data: pass --calibration "
+            "DATA.npy (a few hundred representative inputs), or export a model "
+            "trained with tfaccel.quantization.quantize. Received: no --calibration"
+        )
+
+
 def _export_kwargs(args: argparse.Namespace, calibration, verification) -> dict:
     kwargs: dict[str, Any] = {"quantization": args.quantization,
                               "max_samples": args.max_samples,
@@ -221,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         load_array(args.calibration, "--calibration")
     if args.verification:
         load_array(args.verification, "--verification")
-    check_keras_archive(args.model)
+    _check_plain_model(args, check_keras_archive(args.model))
     # The file is written in a private directory on the output's file system
     # and moved into place once verified: a crash leaves nothing at the
     # output path nor beside it (missing parent directories are created
